@@ -1,0 +1,13 @@
+"""Memory backbones behind one interface (memory.base.Memory) and a registry by name.
+
+memory/ knows nothing of RL. Backbone modules register themselves on import; add yours to the
+import list below.
+"""
+
+from memory.base import Memory, State
+from memory.registry import describe, make, names, options, parse_options, register
+
+# Backbone modules (importing registers them).
+from memory import classic  # noqa: E402,F401  lstm, gru, mlp
+
+__all__ = ["Memory", "State", "make", "names", "options", "parse_options", "register", "describe"]

@@ -1,0 +1,18 @@
+import os
+
+import pytest
+import torch
+
+# Two cores: torch's intra-op threads fight each other and the test process (REFERENCES.md, last
+# section), so tests run single-threaded.
+torch.set_num_threads(1)
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
