@@ -1,0 +1,8 @@
+"""Envs for memrl: ``make_vec`` for MiniGrid Memory ids, NoisyRecall and any gymnasium id.
+
+envs/ knows nothing of torch models. Importing it registers memrl/NoisyRecall-v0 with gymnasium.
+"""
+
+from envs.minigrid_wrappers import MEMORY_IDS, CompactObservation, MovementActions
+from envs.vector import NOISY_RECALL_ID, is_minigrid, make_vec
+

@@ -1,0 +1,207 @@
+"""Rollout collection: the one place where vector-env autoreset semantics are handled.
+
+Every step stores what the PPO update needs, with three flags that encode episode boundaries:
+
+- ``reset[t]``: obs[t] is the first observation of an episode; the memory restarts before it.
+- ``valid[t]``: step t is a real transition. Gymnasium's NEXT_STEP autoreset spends one step after
+  each episode end on the reset itself (action ignored, reward 0): that step is invalid, masked
+  out of GAE and the loss, and the episode start is the observation it returns.
+- ``next_value[t]``: the value to bootstrap from after step t: V of the next observation while the
+  episode goes on; V(final observation, pre-reset memory state) after a time-limit truncation;
+  0 after a termination (applied in GAE through ``terminated``).
+
+NEXT_STEP: after a truncation at t, step t+1 (invalid) acts on the final observation with the
+pre-reset state, so its value *is* the truncation bootstrap: next_value[t] = value[t+1] always.
+SAME_STEP: the env returns the reset observation at once (reset[t+1] = done[t]) and the final one
+in info["final_obs"]; truncated envs get one extra forward on it to bootstrap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import concatenate, create_empty_array
+from torch import Tensor
+
+from agents.actor_critic import ActorCritic
+from agents.encoders import obs_to_tensor
+from memory import State
+
+
+def autoreset_mode(env: VectorEnv) -> AutoresetMode:
+    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    mode = AutoresetMode(mode) if not isinstance(mode, AutoresetMode) else mode
+    if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+        raise ValueError(f"autoreset mode {mode.value} is not supported; use NextStep or SameStep")
+    return mode
+
+
+@dataclass
+class Rollout:
+    """Tensors [T, N] (obs [T, N, ...] or a dict of them) of one rollout, plus the memory states
+    at the start of each BPTT chunk: start_states[i] [K, N, ...] for chunks at t = k * L."""
+
+    obs: Tensor | dict[str, Tensor]
+    reset: Tensor
+    actions: Tensor
+    logprobs: Tensor
+    values: Tensor
+    rewards: Tensor
+    terminated: Tensor
+    dones: Tensor
+    valid: Tensor
+    next_values: Tensor
+    start_states: State
+
+
+@dataclass
+class EpisodeStats:
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    env_ids: list[int] = field(default_factory=list)  # which env each finished episode ran in
+
+    def clear(self) -> None:
+        for v in (self.returns, self.lengths, self.accuracy, self.env_ids):
+            v.clear()
+
+
+def _alloc_obs(obs, T: int):
+    if isinstance(obs, dict):
+        return {k: _alloc_obs(v, T) for k, v in obs.items()}
+    return torch.empty((T, *obs.shape), dtype=obs.dtype, device=obs.device)
+
+
+def _write_obs(buf, t: int, obs) -> None:
+    if isinstance(buf, dict):
+        for k in buf:
+            _write_obs(buf[k], t, obs[k])
+    else:
+        buf[t] = obs
+
+
+def _to_bool(x, device) -> Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, device=device).bool()
+
+
+class RolloutCollector:
+    """Steps a VectorEnv with the agent and keeps what carries over between rollouts: the next
+    observation, the next reset flags, the memory state and the episode accumulators."""
+
+    def __init__(self, env: VectorEnv, agent: ActorCritic, num_steps: int, bptt_len: int, device: torch.device, seed: int | None):
+        self.env, self.num_steps, self.bptt_len, self.device = env, num_steps, bptt_len, device
+        self.mode = autoreset_mode(env)
+        self.num_envs = env.num_envs
+        obs, _ = env.reset(seed=seed)
+        # A torch-native env (NoisyRecall given a device) takes and returns tensors: no host copies.
+        self.torch_env = isinstance(obs, Tensor)
+        self.next_obs = obs_to_tensor(obs, device)
+        self.next_reset = torch.ones(self.num_envs, dtype=torch.bool, device=device)
+        self.next_valid = torch.ones(self.num_envs, dtype=torch.bool, device=device)
+        self.state = agent.initial_state(self.num_envs, device)
+        self.ep_return = torch.zeros(self.num_envs, dtype=torch.float64, device=device)
+        self.ep_length = torch.zeros(self.num_envs, dtype=torch.long, device=device)
+        self.stats = EpisodeStats()
+
+    # -- checkpointing: everything needed to continue exactly where a rollout ended
+    def state_dict(self) -> dict:
+        return {
+            "next_obs": self.next_obs, "next_reset": self.next_reset, "next_valid": self.next_valid,
+            "state": self.state, "ep_return": self.ep_return, "ep_length": self.ep_length,
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            setattr(self, k, v)
+
+    @torch.no_grad()
+    def collect(self, agent: ActorCritic, greedy: bool = False) -> Rollout:
+        """Run num_steps steps of every env. ``greedy`` takes the argmax action (evaluation)."""
+        T, N, L, dev = self.num_steps, self.num_envs, self.bptt_len, self.device
+        obs_buf = _alloc_obs(self.next_obs, T)
+        reset = torch.empty(T, N, dtype=torch.bool, device=dev)
+        valid = torch.empty_like(reset)
+        dones = torch.empty_like(reset)
+        terminated = torch.empty_like(reset)
+        actions = torch.empty(T, N, dtype=torch.long, device=dev)
+        logprobs = torch.empty(T, N, device=dev)
+        values = torch.empty(T, N, device=dev)
+        rewards = torch.empty(T, N, device=dev)
+        next_values = torch.empty(T, N, device=dev)
+        bootstrap = {}  # t -> (env indices, bootstrap values) for SAME_STEP truncations
+        start_states = []
+
+        for t in range(T):
+            if t % L == 0:
+                start_states.append(tuple(s.clone() for s in self.state))
+            _write_obs(obs_buf, t, self.next_obs)
+            reset[t], valid[t] = self.next_reset, self.next_valid
+            logits, value, self.state = agent.step(self.next_obs, self.state, self.next_reset)
+            logp_all = torch.log_softmax(logits, -1)
+            action = logits.argmax(-1) if greedy else torch.multinomial(logp_all.exp(), 1).squeeze(1)
+            actions[t], values[t] = action, value
+            logprobs[t] = logp_all.gather(1, action[:, None]).squeeze(1)
+
+            obs, reward, term, trunc, info = self.env.step(action if self.torch_env else action.cpu().numpy())
+            self.next_obs = obs_to_tensor(obs, dev)
+            rewards[t] = torch.as_tensor(reward, device=dev, dtype=torch.float32)
+            term, trunc = _to_bool(term, dev), _to_bool(trunc, dev)
+            terminated[t], dones[t] = term, term | trunc
+            self._track_episodes(rewards[t], valid[t], dones[t], info)
+
+            if self.mode is AutoresetMode.NEXT_STEP:
+                # The step after a done resets the env: invalid; the one after that starts anew.
+                self.next_reset = ~valid[t]
+                self.next_valid = ~dones[t]
+            else:
+                self.next_reset = dones[t].clone()
+                cut = trunc & ~term
+                if cut.any():
+                    bootstrap[t] = self._bootstrap_values(agent, info, cut)
+
+        # V of the observation after the last step (the truncation bootstrap in NEXT_STEP mode).
+        _, last_value, _ = agent.step(self.next_obs, self.state, self.next_reset)
+        next_values[:-1] = values[1:]
+        next_values[-1] = last_value
+        for t, (idx, v) in bootstrap.items():
+            next_values[t, idx] = v
+        states = tuple(torch.stack(parts) for parts in zip(*start_states)) if start_states[0] else ()
+        return Rollout(obs_buf, reset, actions, logprobs, values, rewards, terminated, dones, valid, next_values, states)
+
+    def _bootstrap_values(self, agent: ActorCritic, info: dict, cut: Tensor) -> tuple[Tensor, Tensor]:
+        """V(final observation) with the pre-reset memory state, for envs truncated this step."""
+        idx = cut.nonzero().flatten()
+        final = info["final_obs"]
+        if isinstance(final, Tensor):
+            final_obs = final[idx]
+        else:
+            space = self.env.single_observation_space
+            items = [final[i] for i in idx.tolist()]
+            final_obs = concatenate(space, items, create_empty_array(space, len(items)))
+        state = tuple(s[idx] for s in self.state)
+        # self.state already consumed obs[t]; the final observation follows it (no reset).
+        no_reset = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
+        _, v, _ = agent.step(obs_to_tensor(final_obs, self.device), state, no_reset)
+        return idx, v
+
+    def _track_episodes(self, reward: Tensor, valid: Tensor, done: Tensor, info: dict) -> None:
+        self.ep_return += reward * valid
+        self.ep_length += valid.long()
+        if not done.any():
+            return
+        idx = done.nonzero().flatten()
+        self.stats.returns.extend(self.ep_return[idx].tolist())
+        self.stats.lengths.extend(self.ep_length[idx].tolist())
+        self.stats.env_ids.extend(idx.tolist())
+        self.ep_return[idx] = 0
+        self.ep_length[idx] = 0
+        src = info if "accuracy" in info else info.get("final_info", {})
+        if "accuracy" in src:
+            acc, mask = src["accuracy"], src.get("_accuracy")
+            acc = torch.as_tensor(np.asarray(acc) if not isinstance(acc, Tensor) else acc)
+            mask = torch.ones_like(acc, dtype=torch.bool) if mask is None else _to_bool(mask, acc.device)
+            self.stats.accuracy.extend(acc[mask].double().tolist())
+

@@ -1,0 +1,40 @@
+"""Tiny tasks defined for the tests."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+CUE_RECALL_ID = "memrl_test/CueRecall-v0"
+
+
+class CueRecall(gym.Env):
+    """See a cue (0 or 1) at the first step, then ``delay`` blank steps (2), then a query (3):
+    the action at the query must name the cue (reward 1), and the episode ends. Actions elsewhere
+    do nothing. Without memory the best policy guesses: expected return 0.5."""
+
+    action_space = spaces.Discrete(2)
+    observation_space = spaces.Discrete(4)
+
+    def __init__(self, delay: int = 4):
+        self.delay = delay
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.cue = int(self.np_random.integers(2))
+        self.t = 0
+        return self.cue, {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t <= self.delay:
+            return 2, 0.0, False, False, {}
+        if self.t == self.delay + 1:
+            return 3, 0.0, False, False, {}
+        return 3, float(int(action) == self.cue), True, False, {}
+
+
+def register() -> None:
+    if CUE_RECALL_ID not in gym.envs.registry:
+        gym.register(CUE_RECALL_ID, entry_point=CueRecall)

@@ -1,0 +1,75 @@
+"""envs.make_vec: MiniGrid memory ids with compact observations, any gymnasium id, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs.minigrid_wrappers import make_minigrid
+
+
+@pytest.mark.parametrize("env_id", envs.MEMORY_IDS)
+def test_minigrid_memory_ids_build_with_compact_obs(env_id):
+    venv = envs.make_vec(env_id, 2, seed=0, view_size=3, movement_only=True)
+    obs, _ = venv.reset(seed=0)
+    assert isinstance(venv.single_observation_space, spaces.MultiDiscrete)
+    assert venv.single_observation_space.shape == (3 * 3 * 3 + 1,)
+    assert venv.single_action_space == spaces.Discrete(3)
+    assert obs.shape == (2, 28) and obs.dtype == np.int64
+    assert venv.single_observation_space.contains(obs[0])
+    venv.close()
+
+
+def test_compact_obs_matches_minigrid_encoding():
+    env = make_minigrid("MiniGrid-MemoryS7-v0", view_size=5, movement_only=False)
+    obs, _ = env.reset(seed=3)
+    raw = env.unwrapped.gen_obs()
+    np.testing.assert_array_equal(obs[:-1], raw["image"].reshape(-1))
+    assert obs[-1] == raw["direction"]
+    assert env.action_space == spaces.Discrete(7)
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_default_view_is_minigrids_when_not_given():
+    venv = envs.make_vec("MiniGrid-MemoryS7-v0", 1, seed=0)
+    assert venv.single_observation_space.shape == (7 * 7 * 3 + 1,)
+
+
+@pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")
+def test_movement_only_wrapper_passes_checker():
+    env = make_minigrid("MiniGrid-MemoryS9-v0", view_size=3, movement_only=True)
+    check_env(env, skip_render_check=True)
+
+
+def test_any_gymnasium_id_and_module_form():
+    venv = envs.make_vec("CartPole-v1", 3, seed=0)
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (3, 4)
+    venv = envs.make_vec("gymnasium:CartPole-v1", 2, seed=0)
+    assert venv.num_envs == 2
+
+
+@pytest.mark.parametrize(
+    "env_id,match",
+    [
+        ("MiniGrid-MemoryS8-v0", "unknown env id 'MiniGrid-MemoryS8-v0'.*choose one of: MiniGrid-MemoryS7-v0"),
+        ("NoSuchEnv-v0", "unknown env id 'NoSuchEnv-v0'"),
+        ("no_such_module:Foo-v0", "unknown env id"),
+        ("Pendulum-v1", "Discrete actions only"),
+    ],
+)
+def test_bad_env_ids_raise_clear_errors(env_id, match):
+    with pytest.raises(ValueError, match=match):
+        envs.make_vec(env_id, 2, seed=0)
+
+
+def test_bad_view_size_and_num_envs():
+    with pytest.raises(ValueError, match="odd and >= 3"):
+        envs.make_vec("MiniGrid-MemoryS7-v0", 2, seed=0, view_size=4)
+    with pytest.raises(ValueError, match="num_envs must be >= 1"):
+        envs.make_vec("MiniGrid-MemoryS7-v0", 0, seed=0)
+    with pytest.raises(ValueError, match="MiniGrid ids only"):
+        envs.make_vec("CartPole-v1", 2, seed=0, view_size=3)

@@ -1,0 +1,126 @@
+"""train.py: the command line's error paths, checkpoints, resume equality, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--num-envs", "4", "--num-steps", "16", "--hidden-size", "16", "--no-progress"]
+
+
+def _main(argv, capsys):
+    code = train.main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--env-id", "NoSuch-v0"], "unknown env id 'NoSuch-v0'"),
+        (["--backbone", "transformer"], "unknown backbone 'transformer'; choose one of: .*gru.*lstm.*mlp"),
+        (["--num-steps", "16", "--bptt-len", "5"], r"--num-steps \(16\) must be a multiple of --bptt-len \(5\)"),
+        (["--num-minibatches", "99"], "exceeds the number of sequences"),
+        (["--memory-options", "bogus=1"], "has no option 'bogus'; its options are: num_layers"),
+        (["--num-envs", "0"], "--num-envs must be >= 1"),
+        (["--view-size", "4"], "odd and >= 3"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match):
+    code, err = _main([*SMALL, "--runs-dir", str(tmp_path), *argv], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert __import__("re").search(match, lines[0]), lines[0]
+    assert not any(tmp_path.iterdir()), "a failed start must leave nothing behind"
+
+
+def test_missing_and_corrupt_checkpoint(tmp_path, capsys):
+    code, err = _main(["--resume", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "no checkpoint at" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, err = _main(["--resume", str(run)], capsys)
+    assert code == 2 and err.startswith("error: corrupt checkpoint") and len(err.strip().splitlines()) == 1
+    assert (run / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    code, err = _main([*SMALL, "--runs-dir", str(tmp_path), "--run-name", "taken"], capsys)
+    assert code == 2 and "already exists" in err
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+
+
+def _args(tmp_path, name, **kw):
+    return train.Args(
+        env_id="MiniGrid-MemoryS7-v0", total_timesteps=6 * 64, num_envs=4, num_steps=16, hidden_size=16,
+        runs_dir=str(tmp_path), run_name=name, progress=False, checkpoint_every=100, **kw,
+    )
+
+
+def _params(run_dir):
+    return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("bptt_len", [None, 8])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, bptt_len):
+    full = train.train(_args(tmp_path, "full", bptt_len=bptt_len))
+    part = train.train(_args(tmp_path, "part", bptt_len=bptt_len), on_update=lambda u: u == 2)
+    ck = torch.load(part / "checkpoint.pt", weights_only=False)
+    assert ck["update"] == 2 and not (part / "result.json").exists()
+    resumed = train.train(train.Args(resume=str(part), progress=False))
+    assert resumed == part
+    a, b = _params(full), _params(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert json.loads((part / "result.json").read_text())["global_step"] == 6 * 64
+
+
+def test_run_dir_contents_and_tensorboard_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train.train(_args(tmp_path, "tags", eval_episodes=2))
+    assert json.loads((run / "config.json").read_text())["env_id"] == "MiniGrid-MemoryS7-v0"
+    result = json.loads((run / "result.json").read_text())
+    assert result["eval_episodes"] == 2 and "eval_return" in result
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
+                "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl",
+                "losses/clipfrac", "losses/explained_variance", "eval/episodic_return"):
+        assert tag in tags, tag
+    assert acc.Tags()["tensors"] or acc.Tags().get("text"), "config is logged as text"
+
+
+def test_sigterm_checkpoints_and_exits(tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), *SMALL, "--total-timesteps", "10000000",
+           "--runs-dir", str(tmp_path), "--run-name", "sig", "--checkpoint-every", "100000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
+    events = tmp_path / "sig"
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(events.glob("events.*")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "checkpoint saved" in err and "--resume" in err
+    ck = torch.load(events / "checkpoint.pt", weights_only=False)
+    assert ck["update"] >= 1
+    assert not list(events.glob("*.tmp"))
