@@ -1,0 +1,109 @@
+"""End-to-end PPO training throughput per backbone, beside the raw env rate, in one run.
+
+    python benchmarks/throughput.py                       # MiniGrid-MemoryS7-v0, 16 envs x 128 steps
+    python benchmarks/throughput.py --backbones lstm gru --updates 5 --threads 1
+
+Training env-steps/s = env steps / wall time of (rollout collection + PPO update), measured over
+--updates updates after one warm-up update. Raw = the same 16 envs (same wrappers) stepping with
+random actions. Also prints where the time goes (env, acting, update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import memory  # noqa: E402
+import train  # noqa: E402
+from agents.actor_critic import ActorCritic  # noqa: E402
+from agents.ppo import PPOConfig, ppo_update  # noqa: E402
+from agents.rollout import RolloutCollector  # noqa: E402
+
+
+def raw_env_rate(args: train.Args, seconds: float) -> float:
+    env = train.make_env(args, args.num_envs, torch.device("cpu"))
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    n_act = int(env.single_action_space.n)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(args.num_steps):
+            env.step(rng.integers(0, n_act, args.num_envs))
+        steps += args.num_steps * args.num_envs
+    rate = steps / (time.perf_counter() - t0)
+    env.close()
+    return rate
+
+
+def training_rate(args: train.Args, backbone: str, opts: dict, updates: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    env = train.make_env(args, args.num_envs, device)
+    agent = ActorCritic(env.single_observation_space, int(env.single_action_space.n),
+                        memory.make(backbone, args.hidden_size, args.hidden_size, **opts))
+    opt = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    col = RolloutCollector(env, agent, args.num_steps, args.num_steps, device, seed=0)
+    cfg = PPOConfig(num_minibatches=args.num_minibatches, update_epochs=args.update_epochs)
+    # Time spent inside env.step, to split the rollout into env and acting.
+    env_time = [0.0]
+    inner = env.step
+
+    def timed_step(a):
+        t = time.perf_counter()
+        out = inner(a)
+        env_time[0] += time.perf_counter() - t
+        return out
+
+    env.step = timed_step
+    t_roll = t_upd = 0.0
+    for i in range(updates + 1):
+        if i == 1:  # the first update warms up allocators and kernels
+            t_roll = t_upd = env_time[0] = 0.0
+        t = time.perf_counter()
+        agent.eval()
+        ro = col.collect(agent)
+        t2 = time.perf_counter()
+        agent.train()
+        ppo_update(agent, opt, ro, cfg, args.num_steps)
+        t3 = time.perf_counter()
+        t_roll += t2 - t
+        t_upd += t3 - t2
+    env.close()
+    steps = updates * args.num_steps * args.num_envs
+    return {"sps": steps / (t_roll + t_upd), "env": env_time[0], "act": t_roll - env_time[0], "update": t_upd}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env-id", default="MiniGrid-MemoryS7-v0")
+    p.add_argument("--backbones", nargs="+", default=["mlp", "gru", "lstm", "mlstm", "mlstm-orth", "mru"])
+    p.add_argument("--updates", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--hidden-size", type=int, default=128)
+    args_cli = p.parse_args()
+    torch.set_num_threads(args_cli.threads)
+    args = train.Args(env_id=args_cli.env_id, num_envs=16, num_steps=128, update_epochs=4, hidden_size=args_cli.hidden_size)
+    print(f"{args.env_id}, {args.num_envs} envs x {args.num_steps} steps, {args.update_epochs} epochs x "
+          f"{args.num_minibatches} minibatches, hidden {args.hidden_size}, torch threads {args_cli.threads}")
+    raw = raw_env_rate(args, 3.0)
+    print(f"raw env (random actions): {raw:,.0f} env-steps/s\n")
+    print(f"| backbone | train env-steps/s | % of raw env | env s | acting s | update s |")
+    print("|---|---|---|---|---|---|")
+    for spec in args_cli.backbones:
+        name, _, rest = spec.partition(":")
+        opts = memory.parse_options(name, [kv for kv in rest.split(",") if kv])
+        r = training_rate(args, name, opts, args_cli.updates)
+        print(f"| {spec} | {r['sps']:,.0f} | {100 * r['sps'] / raw:.0f}% | {r['env']:.2f} | {r['act']:.2f} | {r['update']:.2f} |", flush=True)
+    raw2 = raw_env_rate(args, 3.0)
+    print(f"\nraw env again at the end: {raw2:,.0f} env-steps/s (drift between the two = machine noise)")
+
+
+if __name__ == "__main__":
+    main()
