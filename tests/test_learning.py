@@ -37,3 +37,25 @@ def test_bptt_chunks_still_learn(tmp_path):
 @pytest.mark.slow
 def test_mlp_cannot_solve_cue_recall(tmp_path):
     assert _train(tmp_path, "mlp") <= 0.65
+
+
+def _noisy_recall_accuracy(tmp_path, backbone: str) -> float:
+    """PPO on a tiny NoisyRecall (2 keys, 2 values, no noise, 11-step episodes): chance is 0.5."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = train.Args(
+        env_id="memrl/NoisyRecall-v0", backbone=backbone, vocab_size=4, noise_vocab_size=0, seq_len=12,
+        frac_noise=0.0, total_timesteps=40_000, num_envs=32, num_steps=22, hidden_size=64,
+        learning_rate=3e-3, num_minibatches=2, runs_dir=str(tmp_path), progress=False,
+    )
+    run = train.train(args)
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    values = [e.value for e in acc.Scalars("charts/accuracy")]
+    return sum(values[-5:]) / 5
+
+
+@pytest.mark.slow
+def test_lstm_learns_noisy_recall_above_chance_and_mlp_does_not(tmp_path):
+    assert _noisy_recall_accuracy(tmp_path, "lstm") >= 0.68
+    assert _noisy_recall_accuracy(tmp_path, "mlp") <= 0.6
