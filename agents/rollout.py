@@ -141,7 +141,10 @@ class RolloutCollector:
             reset[t], valid[t] = self.next_reset, self.next_valid
             logits, value, self.state = agent.step(self.next_obs, self.state, self.next_reset)
             logp_all = torch.log_softmax(logits, -1)
-            action = logits.argmax(-1) if greedy else torch.multinomial(logp_all.exp(), 1).squeeze(1)
+            # Gumbel-max sampling: exact, and unlike multinomial it does not throw on NaN logits,
+            # so a diverged model reaches ppo_update's non-finite check and stops cleanly.
+            noise = 0.0 if greedy else -torch.log(-torch.log(torch.rand_like(logits)))
+            action = (logits + noise).argmax(-1)
             actions[t], values[t] = action, value
             logprobs[t] = logp_all.gather(1, action[:, None]).squeeze(1)
 

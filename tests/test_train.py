@@ -124,3 +124,29 @@ def test_sigterm_checkpoints_and_exits(tmp_path):
     ck = torch.load(events / "checkpoint.pt", weights_only=False)
     assert ck["update"] >= 1
     assert not list(events.glob("*.tmp"))
+
+
+def test_non_finite_stops_the_run_without_saving(tmp_path, capsys):
+    def poison(update):
+        with torch.no_grad():
+            next(iter(poison.agent_params)).fill_(float("nan"))
+        return False
+
+    import agents.actor_critic as ac
+
+    orig_init = ac.ActorCritic.__init__
+
+    def spy_init(self, *a, **k):
+        orig_init(self, *a, **k)
+        poison.agent_params = list(self.memory.parameters())
+
+    ac.ActorCritic.__init__ = spy_init
+    try:
+        with pytest.raises(SystemExit) as exc:
+            train.train(_args(tmp_path, "nan"), on_update=poison)
+    finally:
+        ac.ActorCritic.__init__ = orig_init
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "update 2" in err and "last good checkpoint" in err
+    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
