@@ -1,0 +1,21 @@
+"""Batched kernels the memory backbones share (REFERENCES.md sections 3, 4, 6).
+
+- ``linear_scan(gate, x, reset, state0=None)``: h[t] = gate[t] * (0 if reset[t] else h[t-1]) + x[t]
+- ``matrix_scan(m, reset, state0=None)``: H[t] = (I if reset[t] else H[t-1]) @ m[t]
+- ``newton_schulz(x, steps=5, eps=1e-7)``: Muon's quintic orthogonalization of [..., m, n]
+
+Each has a plain reference loop beside it (``*_ref``); the fast paths are tested against them.
+"""
+
+from memory.ops.reference import linear_scan_ref, matrix_scan_ref, newton_schulz_ref
+from memory.ops.scan import linear_scan, matrix_scan
+from memory.ops.newton_schulz import newton_schulz
+
+__all__ = [
+    "linear_scan",
+    "matrix_scan",
+    "newton_schulz",
+    "linear_scan_ref",
+    "matrix_scan_ref",
+    "newton_schulz_ref",
+]

@@ -1,0 +1,66 @@
+"""Plain reference implementations: a loop over t (or over Newton-Schulz steps), written to be
+obviously right. The fast paths in this package are tested against these.
+
+Loops iterate over ``x.unbind(0)``: indexing x[t] inside an autograd loop makes the backward
+O(T^2), because every x[t] backward builds a full-size zero gradient (REFERENCES.md, last section).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Muon's quintic coefficients (REFERENCES.md section 3).
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def _batch_mask(reset_t: Tensor, ndim: int) -> Tensor:
+    """reset_t [B] -> [B, 1, ..., 1] with ndim dims, for broadcasting over a state [B, ...]."""
+    return reset_t.view(reset_t.shape[0], *([1] * (ndim - 1)))
+
+
+def linear_scan_ref(gate: Tensor, x: Tensor, reset: Tensor, state0: Tensor | None = None) -> Tensor:
+    """h[t] = gate[t] * (0 if reset[t] else h[t-1]) + x[t]; h[-1] = state0 (zeros if None).
+
+    gate: broadcastable to x [T, B, ...]; reset: bool [T, B]. Returns h [T, B, ...]."""
+    T = x.shape[0]
+    gate = gate.expand(T, *gate.shape[1:]) if gate.shape[0] == 1 else gate
+    prev = torch.zeros_like(x[0]) if state0 is None else state0  # [B, ...]
+    out = []
+    for g_t, x_t, r_t in zip(gate.unbind(0), x.unbind(0), reset.unbind(0)):
+        r = _batch_mask(r_t, prev.dim())
+        prev = torch.where(r, torch.zeros_like(prev), prev)
+        prev = g_t * prev + x_t
+        out.append(prev)
+    return torch.stack(out)
+
+
+def matrix_scan_ref(m: Tensor, reset: Tensor, state0: Tensor | None = None) -> Tensor:
+    """H[t] = (I if reset[t] else H[t-1]) @ m[t]; H[-1] = state0 (identity if None).
+
+    m: [T, B, ..., o, o]; reset: bool [T, B]. Returns H [T, B, ..., o, o] in m's dtype."""
+    o = m.shape[-1]
+    eye = torch.eye(o, dtype=m.dtype, device=m.device).expand(m.shape[1:])  # [B, ..., o, o]
+    prev = eye if state0 is None else state0
+    out = []
+    for m_t, r_t in zip(m.unbind(0), reset.unbind(0)):
+        prev = torch.where(_batch_mask(r_t, prev.dim()), eye, prev)
+        prev = prev @ m_t
+        out.append(prev)
+    return torch.stack(out)
+
+
+def newton_schulz_ref(x: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+    """Muon's quintic Newton-Schulz orthogonalization of every matrix in x [..., m, n].
+
+    X = G / (||G||_F + eps), tall matrices transposed so X X^T is the small side; then `steps`
+    times A = X X^T, B = b A + c A A, X = a X + B X. Returns [..., m, n] in x's dtype."""
+    a, b, c = NS_COEFFS
+    tall = x.shape[-2] > x.shape[-1]
+    X = x.mT if tall else x
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        Bm = b * A + c * (A @ A)
+        X = a * X + Bm @ X
+    return X.mT if tall else X

@@ -1,0 +1,343 @@
+"""memory.ops: every fast path (and the parallel/GPU-form implementations, run on CPU here) equals
+its plain reference loop in values and gradients; float64 gradcheck on small sizes; Newton-Schulz
+output spectra; clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memory.ops import (
+    linear_scan,
+    linear_scan_ref,
+    matrix_scan,
+    matrix_scan_ref,
+    newton_schulz,
+    newton_schulz_ref,
+)
+from memory.ops import scan as scan_mod
+
+METHODS = ["loop", "parallel", "auto"]
+F32 = dict(rtol=1e-4, atol=1e-5)
+
+
+def _reset(kind: str, T: int, B: int, g: torch.Generator) -> torch.Tensor:
+    if kind == "none":
+        return torch.zeros(T, B, dtype=torch.bool)
+    if kind == "all":
+        return torch.ones(T, B, dtype=torch.bool)
+    if kind == "first":
+        r = torch.zeros(T, B, dtype=torch.bool)
+        r[0] = True
+        return r
+    return torch.rand(T, B, generator=g) < 0.3  # "random": several per sequence on average
+
+
+RESETS = st.sampled_from(["none", "all", "first", "random"])
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """float32 tolerance relative to the scale of the values (long products grow)."""
+    scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _grads(out: torch.Tensor, inputs: list[torch.Tensor], w: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad((out * w).sum(), inputs))
+
+
+# ----------------------------------------------------------------------------------- linear_scan
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 40),
+    B=st.integers(1, 4),
+    trailing=st.sampled_from([(), (3,), (2, 3), (2, 3, 4)]),
+    bmask=st.integers(0, 31),
+    reset_kind=RESETS,
+    with_state0=st.booleans(),
+    method=st.sampled_from(METHODS),
+    seed=st.integers(0, 2**16),
+)
+def test_linear_scan_matches_reference(T, B, trailing, bmask, reset_kind, with_state0, method, seed):
+    g = torch.Generator().manual_seed(seed)
+    xshape = (T, B, *trailing)
+    # Each dim of the gate is x's or 1 (bit i of bmask set: dim i broadcast), T and B included.
+    gshape = tuple(1 if (bmask >> i) & 1 else s for i, s in enumerate(xshape))
+    x = torch.randn(xshape, generator=g).requires_grad_()
+    gate = torch.rand(gshape, generator=g).requires_grad_()
+    reset = _reset(reset_kind, T, B, g)
+    state0 = torch.randn(xshape[1:], generator=g).requires_grad_() if with_state0 else None
+    inputs = [gate, x] + ([state0] if with_state0 else [])
+    w = torch.randn(xshape, generator=g)
+
+    ref = linear_scan_ref(gate, x, reset, state0)
+    out = linear_scan(gate, x, reset, state0, method=method)
+    _close(out, ref)
+    for a, b in zip(_grads(out, inputs, w), _grads(ref, inputs, w)):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    "gshape", [(5, 2, 3, 1, 1), (5, 2, 3, 2, 4), (1, 2, 3, 1, 4), (5, 1, 1, 1, 1), (5, 2, 1, 2, 1)]
+)
+def test_linear_scan_gradcheck(method, gshape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 2, 3, 2, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    gate = torch.rand(gshape, dtype=torch.float64, generator=g, requires_grad=True)
+    s0 = torch.randn(2, 3, 2, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    reset = torch.tensor([[False, True], [False, False], [True, False], [False, False], [True, True]])
+    assert torch.autograd.gradcheck(lambda a, b, c: linear_scan(a, b, reset, c, method=method), (gate, x, s0))
+    assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b, reset, method=method), (gate, x))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_linear_scan_semantics(method):
+    T, B = 6, 3
+    x = torch.randn(T, B, 4)
+    gate = torch.full((T, B, 1), 0.5)
+    s0 = torch.randn(B, 4)
+    # All resets: state never carried, h == x, and state0 is ignored.
+    torch.testing.assert_close(linear_scan(gate, x, torch.ones(T, B, dtype=torch.bool), s0, method=method), x)
+    # No resets, gate 1: a cumulative sum starting from state0.
+    h = linear_scan(torch.ones(T, B, 1), x, torch.zeros(T, B, dtype=torch.bool), s0, method=method)
+    torch.testing.assert_close(h, s0 + x.cumsum(0))
+    # The mLSTM's shapes: gate [T, B, H, 1] with x [T, B, H, dk] and gate [T, B, H, 1, 1] with x
+    # [T, B, H, dk, dv]; state0 carried into t = 0 only where reset[0] is False.
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[0, 1] = True
+    C = torch.randn(T, B, 2, 3, 5)
+    f = torch.rand(T, B, 2, 1, 1)
+    C0 = torch.randn(B, 2, 3, 5)
+    out = linear_scan(f, C, reset, C0, method=method)
+    torch.testing.assert_close(out[0, 1], C[0, 1])
+    torch.testing.assert_close(out[0, 0], f[0, 0] * C0[0] + C[0, 0])
+    torch.testing.assert_close(out, linear_scan_ref(f, C, reset, C0), **F32)
+
+
+def test_linear_scan_non_contiguous_and_inputs_untouched():
+    x = torch.randn(3, 7, 4).transpose(0, 1)  # [T=7, B=3, 4], non-contiguous
+    gate = torch.rand(7, 3, 1)
+    reset = torch.rand(7, 3) < 0.3
+    x_copy = x.clone()
+    for method in METHODS:
+        torch.testing.assert_close(linear_scan(gate, x, reset, method=method), linear_scan_ref(gate, x, reset), **F32)
+    assert torch.equal(x, x_copy)
+
+
+# ----------------------------------------------------------------------------------- matrix_scan
+
+
+def _mats(shape, g, dtype=torch.float32):
+    o = shape[-1]
+    return torch.eye(o, dtype=dtype) + 0.4 / o**0.5 * torch.randn(shape, generator=g, dtype=dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 40),
+    B=st.integers(1, 4),
+    heads=st.sampled_from([(), (2,), (2, 3)]),
+    o=st.integers(1, 5),
+    reset_kind=RESETS,
+    with_state0=st.booleans(),
+    method=st.sampled_from(METHODS),
+    seed=st.integers(0, 2**16),
+)
+def test_matrix_scan_matches_reference(T, B, heads, o, reset_kind, with_state0, method, seed):
+    g = torch.Generator().manual_seed(seed)
+    shape = (T, B, *heads, o, o)
+    m = _mats(shape, g).requires_grad_()
+    reset = _reset(reset_kind, T, B, g)
+    state0 = _mats(shape[1:], g).requires_grad_() if with_state0 else None
+    inputs = [m] + ([state0] if with_state0 else [])
+    w = torch.randn(shape, generator=g)
+
+    ref = matrix_scan_ref(m, reset, state0)
+    out = matrix_scan(m, reset, state0, method=method)
+    _close(out, ref)
+    for a, b in zip(_grads(out, inputs, w), _grads(ref, inputs, w)):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("T", [1, 2, 7])
+def test_matrix_scan_gradcheck(method, T):
+    g = torch.Generator().manual_seed(T)
+    m = _mats((T, 2, 2, 3, 3), g, torch.float64).requires_grad_()
+    s0 = _mats((2, 2, 3, 3), g, torch.float64).requires_grad_()
+    reset = torch.rand(T, 2, generator=g) < 0.4
+    reset[0, 0] = False
+    assert torch.autograd.gradcheck(lambda a, b: matrix_scan(a, reset, b, method=method), (m, s0))
+    assert torch.autograd.gradcheck(lambda a: matrix_scan(a, reset, method=method), (m,))
+    # Gradient w.r.t. state0 alone (m not requiring grad takes another branch of the backward).
+    assert torch.autograd.gradcheck(lambda b: matrix_scan(m.detach(), reset, b, method=method), (s0,))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_matrix_scan_semantics(method):
+    T, B, o = 5, 2, 3
+    g = torch.Generator().manual_seed(1)
+    m = _mats((T, B, o, o), g)
+    s0 = _mats((B, o, o), g)
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[3, 0] = True
+    H = matrix_scan(m, reset, s0, method=method)
+    torch.testing.assert_close(H[0], s0 @ m[0])
+    torch.testing.assert_close(H[2, 1], s0[1] @ m[0, 1] @ m[1, 1] @ m[2, 1], **F32)
+    torch.testing.assert_close(H[4, 0], m[3, 0] @ m[4, 0], **F32)  # restarted from I at t = 3
+    all_reset = torch.ones(T, B, dtype=torch.bool)
+    torch.testing.assert_close(matrix_scan(m, all_reset, s0, method=method), m)
+
+
+def test_auto_method_on_cpu():
+    # Small steps: the parallel form (per-op overhead dominates); big steps: the loop.
+    assert scan_mod._choose("auto", torch.zeros(64, 2, 3), "linear_scan") == "parallel"
+    assert scan_mod._choose("auto", torch.zeros(64, 16, 4, 16, 16), "linear_scan") == "loop"
+    assert scan_mod._choose("auto", torch.zeros(1, 2, 3), "linear_scan") == "loop"
+    assert scan_mod._choose("parallel", torch.zeros(64, 16, 4, 16, 16), "linear_scan") == "parallel"
+    with pytest.raises(ValueError, match="method must be one of"):
+        linear_scan(torch.ones(2, 1, 1), torch.zeros(2, 1, 1), torch.zeros(2, 1, dtype=torch.bool), method="fft")
+
+
+# -------------------------------------------------------------------------------- newton_schulz
+
+
+def _well_conditioned(shape, g):
+    """U diag(s) V^T with singular values in [1, 3] (condition number <= 3)."""
+    *lead, m, n = shape
+    k = min(m, n)
+    U = torch.linalg.qr(torch.randn(*lead, m, k, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(*lead, n, k, generator=g, dtype=torch.float64))[0]
+    s = 1 + 2 * torch.rand(*lead, k, generator=g, dtype=torch.float64)
+    return (U * s.unsqueeze(-2) @ V.mT).float()
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (32, 8), (8, 32), (3, 4, 12, 12), (5, 24, 6), (2, 3, 6, 24)])
+def test_newton_schulz_singular_values(shape):
+    g = torch.Generator().manual_seed(0)
+    x = _well_conditioned(shape, g)
+    y = newton_schulz(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    s = torch.linalg.svdvals(y)
+    assert s.min() > 0.5 and s.max() < 1.5, (s.min().item(), s.max().item())
+    # And x's singular vectors: y = U S' V^T for x = U S V^T, so against the polar factor
+    # Q = U V^T, Q^T y = V S' V^T (y Q^T = U S' U^T when wide) is symmetric with eigenvalues S'.
+    U, _, Vh = torch.linalg.svd(x.double(), full_matrices=False)
+    Q = U @ Vh
+    P = Q.mT @ y.double() if shape[-2] >= shape[-1] else y.double() @ Q.mT
+    torch.testing.assert_close(P, P.mT, rtol=0, atol=1e-4)
+    e = torch.linalg.eigvalsh(P)
+    assert e.min() > 0.5 and e.max() < 1.5, (e.min().item(), e.max().item())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lead=st.sampled_from([(), (3,), (2, 2)]),
+    m=st.integers(1, 12),
+    n=st.integers(1, 12),
+    steps=st.integers(0, 6),
+    grad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_newton_schulz_matches_reference(lead, m, n, steps, grad, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, m, n, generator=g).requires_grad_(grad)
+    ref = newton_schulz_ref(x, steps)
+    out = newton_schulz(x, steps)
+    torch.testing.assert_close(out, ref, **F32)
+    # Tall matrices are transposed internally: orthogonalizing x^T gives the transpose.
+    torch.testing.assert_close(newton_schulz(x.mT, steps), out.mT, **F32)
+    if grad:
+        w = torch.randn(out.shape, generator=g)
+        torch.testing.assert_close(_grads(out, [x], w)[0], _grads(ref, [x], w)[0], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4), (2, 6, 3), (3, 5)])
+def test_newton_schulz_gradcheck(shape):
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: newton_schulz(a, steps=3), (x,))
+
+
+def test_newton_schulz_dtype_option():
+    x = torch.randn(4, 8, 8)
+    y64 = newton_schulz(x, dtype=torch.float64)
+    assert y64.dtype == torch.float32
+    torch.testing.assert_close(y64, newton_schulz(x), **F32)
+    # bfloat16 compute (Muon's GPU choice) still lands in the band; result in x's dtype.
+    xb = _well_conditioned((6, 16, 16), torch.Generator().manual_seed(1)).requires_grad_()
+    yb = newton_schulz(xb, dtype=torch.bfloat16)
+    assert yb.dtype == torch.float32
+    s = torch.linalg.svdvals(yb.detach())
+    assert s.min() > 0.45 and s.max() < 1.55
+    yb.sum().backward()
+    assert xb.grad.dtype == torch.float32 and torch.isfinite(xb.grad).all()
+    # Zero matrices stay zero (eps keeps the normalization finite).
+    assert torch.equal(newton_schulz(torch.zeros(2, 3, 3)), torch.zeros(2, 3, 3))
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+def test_errors_are_clear():
+    T, B = 4, 2
+    x = torch.randn(T, B, 3)
+    r = torch.zeros(T, B, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"reset must be bool \[T, B\], got dtype torch.float32"):
+        linear_scan(torch.ones(T, B, 1), x, r.float())
+    with pytest.raises(ValueError, match=r"reset must be \[T, B\] = \[4, 2\], got \[4, 3\]"):
+        linear_scan(torch.ones(T, B, 1), x, torch.zeros(T, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"gate must have x's number of dims.*got gate \[4, 2, 2\]"):
+        linear_scan(torch.ones(T, B, 2), x, r)
+    with pytest.raises(ValueError, match=r"gate must have x's number of dims.*got gate \[4, 2\]"):
+        linear_scan(torch.ones(T, B), x, r)
+    with pytest.raises(ValueError, match=r"state0 must be x.shape\[1:\] = \[2, 3\], got \[4, 2, 3\]"):
+        linear_scan(torch.ones(T, B, 1), x, r, x)
+    with pytest.raises(ValueError, match="gate and x must share a dtype"):
+        linear_scan(torch.ones(T, B, 1, dtype=torch.float64), x, r)
+    with pytest.raises(ValueError, match="x must be a floating-point tensor, got dtype torch.int64"):
+        linear_scan(torch.ones(T, B, 1), torch.ones(T, B, 1, dtype=torch.long), r)
+    with pytest.raises(ValueError, match=r"square o x o matrices, got \[4, 2, 3, 5\]"):
+        matrix_scan(torch.randn(T, B, 3, 5), r)
+    with pytest.raises(ValueError, match=r"square o x o matrices, got \[4, 3\]"):
+        matrix_scan(torch.randn(T, 3), r)
+    with pytest.raises(ValueError, match=r"reset must be bool \[T, B\], got dtype torch.int64"):
+        matrix_scan(torch.randn(T, B, 3, 3), r.long())
+    with pytest.raises(ValueError, match=r"state0 must be m.shape\[1:\] = \[2, 3, 3\], got \[2, 2, 2\]"):
+        matrix_scan(torch.randn(T, B, 3, 3), r, torch.randn(B, 2, 2))
+    with pytest.raises(ValueError, match=r"x must be \[\.\.\., m, n\].*got \[5\]"):
+        newton_schulz(torch.randn(5))
+    with pytest.raises(ValueError, match="steps must be an int >= 0"):
+        newton_schulz(torch.randn(3, 3), steps=-1)
+
+
+# -------------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+def test_gpu_paths_match_reference():
+    dev = torch.device("cuda")
+    g = torch.Generator(device="cpu").manual_seed(0)
+    T, B = 100, 8
+    reset = (torch.rand(T, B, generator=g) < 0.05).to(dev)
+    x = torch.randn(T, B, 4, 8, 8, generator=g).to(dev).requires_grad_()
+    gate = torch.rand(T, B, 4, 1, 1, generator=g).to(dev).requires_grad_()
+    w = torch.randn(x.shape, generator=g).to(dev)
+    for method in ["auto", *METHODS]:
+        out, ref = linear_scan(gate, x, reset, method=method), linear_scan_ref(gate, x, reset)
+        torch.testing.assert_close(out, ref, **F32)
+        for a, b in zip(_grads(out, [gate, x], w), _grads(ref, [gate, x], w)):
+            torch.testing.assert_close(a, b, **F32)
+    m = _mats((T, B, 4, 8, 8), g).to(dev).requires_grad_()
+    w = torch.randn(m.shape, generator=g).to(dev)
+    for method in ["auto", *METHODS]:
+        out, ref = matrix_scan(m, reset, method=method), matrix_scan_ref(m, reset)
+        torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(_grads(out, [m], w)[0], _grads(ref, [m], w)[0], rtol=1e-3, atol=1e-3)
+    y = _well_conditioned((64, 16, 16), g).to(dev)
+    s = torch.linalg.svdvals(newton_schulz(y, dtype=torch.bfloat16).float())
+    assert s.min() > 0.4 and s.max() < 1.6
