@@ -9,6 +9,7 @@ from memory.registry import describe, make, names, options, parse_options, regis
 
 # Backbone modules (importing registers them).
 from memory import classic  # noqa: E402,F401  lstm, gru, mlp
+from memory import mlstm  # noqa: E402,F401  mlstm, mlstm-orth
 from memory import mru  # noqa: E402,F401  mru
 
 __all__ = ["Memory", "State", "make", "names", "options", "parse_options", "register", "describe"]
