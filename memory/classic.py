@@ -22,16 +22,25 @@ def _segments(reset: Tensor) -> list[int]:
 
 
 class _Recurrent(Memory):
-    """nn.LSTM / nn.GRU with per-env episode resets."""
+    """nn.LSTM / nn.GRU with per-env episode resets, by one of two equal computations:
+
+    - ``fused``: torch's fused kernel over each run of steps in which no env resets, masking the
+      state at run starts. Fastest when resets are rare (long episodes, acting with T = 1).
+    - ``loop``: one input projection for all T, then a step loop with the reset mask folded in.
+      Its cost does not depend on the resets, so it wins when short episodes cut a sequence into
+      many runs (measured crossover: about T/4 runs on CPU; benchmarks/backbones.py).
+    ``auto`` picks per call."""
 
     cell_cls: type[nn.RNNBase]
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto"):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if impl not in ("auto", "fused", "loop"):
+            raise ValueError(f"impl must be one of auto, fused, loop; got {impl!r}")
         self.input_size, self.output_size = input_size, hidden_size
-        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.hidden_size, self.num_layers, self.impl = hidden_size, num_layers, impl
         self.rnn = self.cell_cls(input_size, hidden_size, num_layers=num_layers)
         # CleanRL's recurrent PPO details: orthogonal recurrent/input weights, zero biases.
         for name, p in self.rnn.named_parameters():
@@ -49,10 +58,14 @@ class _Recurrent(Memory):
 
     def forward(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
         check_inputs(self, x, reset)
+        bounds = _segments(reset)
+        use_loop = self.impl == "loop" or (self.impl == "auto" and len(bounds) - 1 > max(4, x.shape[0] // 4))
+        return self._loop(x, state, reset) if use_loop else self._fused(x, state, reset, bounds)
+
+    def _fused(self, x: Tensor, state: State, reset: Tensor, bounds: list[int]) -> tuple[Tensor, State]:
         # State is batch-first ([B, layers, H]) per the contract; nn.LSTM wants [layers, B, H].
         hs = [s.transpose(0, 1) for s in state]
         keep = (~reset).to(x.dtype)  # [T, B]
-        bounds = _segments(reset)
         ys = []
         for a, b in zip(bounds[:-1], bounds[1:]):
             m = keep[a].view(1, -1, 1)  # zero the state of envs whose episode starts at a
@@ -63,13 +76,53 @@ class _Recurrent(Memory):
         y = ys[0] if len(ys) == 1 else torch.cat(ys, 0)
         return y, tuple(h.transpose(0, 1) for h in hs)
 
+    def _loop(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
+        T, B, _ = x.shape
+        keep = (~reset).to(x.dtype).unsqueeze(-1).unbind(0)  # T x [B, 1]
+        finals = [[] for _ in state]
+        inp = x
+        for layer in range(self.num_layers):
+            w_ih = getattr(self.rnn, f"weight_ih_l{layer}")
+            w_hh = getattr(self.rnn, f"weight_hh_l{layer}")
+            b_ih = getattr(self.rnn, f"bias_ih_l{layer}")
+            b_hh = getattr(self.rnn, f"bias_hh_l{layer}")
+            xw = torch.addmm(b_ih, inp.reshape(T * B, -1), w_ih.t()).view(T, B, -1).unbind(0)
+            carry = [s[:, layer] for s in state]
+            ys = []
+            for t in range(T):
+                carry = [c * keep[t] for c in carry]
+                carry = self._cell(xw[t], carry, w_hh, b_hh)
+                ys.append(carry[0])
+            for f, c in zip(finals, carry):
+                f.append(c)
+            inp = torch.stack(ys, 0)
+        return inp, tuple(torch.stack(f, 1) for f in finals)
+
+    def _cell(self, xw: Tensor, carry: list[Tensor], w_hh: Tensor, b_hh: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
 
 class LSTM(_Recurrent):
     cell_cls = nn.LSTM
 
+    def _cell(self, xw, carry, w_hh, b_hh):
+        h, c = carry
+        i, f, g, o = torch.addmm(b_hh, h, w_hh.t()).add_(xw).chunk(4, 1)  # torch's gate order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return [torch.sigmoid(o) * torch.tanh(c), c]
+
 
 class GRU(_Recurrent):
     cell_cls = nn.GRU
+
+    def _cell(self, xw, carry, w_hh, b_hh):
+        (h,) = carry
+        xr, xz, xn = xw.chunk(3, 1)
+        hr, hz, hn = torch.addmm(b_hh, h, w_hh.t()).chunk(3, 1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return [n + z * (h - n)]
 
 
 class MLP(Memory):
@@ -88,16 +141,19 @@ class MLP(Memory):
         return self.net(x), ()
 
 
-@register("lstm", test_variants=[{"num_layers": 2}])
-def make_lstm(input_size: int, hidden_size: int, num_layers: int = 1) -> Memory:
-    """LSTM (torch's fused kernel between resets)."""
-    return LSTM(input_size, hidden_size, num_layers)
+_VARIANTS = [{"impl": "fused"}, {"impl": "loop"}, {"num_layers": 2, "impl": "loop"}, {"num_layers": 2, "impl": "fused"}]
 
 
-@register("gru")
-def make_gru(input_size: int, hidden_size: int, num_layers: int = 1) -> Memory:
-    """GRU (torch's fused kernel between resets)."""
-    return GRU(input_size, hidden_size, num_layers)
+@register("lstm", test_variants=_VARIANTS)
+def make_lstm(input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto") -> Memory:
+    """LSTM (torch's fused kernel between resets, or a step loop when resets are frequent)."""
+    return LSTM(input_size, hidden_size, num_layers, impl)
+
+
+@register("gru", test_variants=_VARIANTS)
+def make_gru(input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto") -> Memory:
+    """GRU (torch's fused kernel between resets, or a step loop when resets are frequent)."""
+    return GRU(input_size, hidden_size, num_layers, impl)
 
 
 @register("mlp")

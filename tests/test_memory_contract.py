@@ -168,3 +168,26 @@ def test_parse_options_types():
         memory.parse_options("lstm", ["num_layers=two"])
     with pytest.raises(ValueError, match="not key=value"):
         memory.parse_options("lstm", ["num_layers"])
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_classic_loop_equals_fused_kernel(name, num_layers):
+    """The step loop and torch's fused kernel are the same function (values and gradients)."""
+    fused = _build(name, {"impl": "fused", "num_layers": num_layers})
+    loop = _build(name, {"impl": "loop", "num_layers": num_layers})
+    loop.load_state_dict(fused.state_dict())
+    x, reset = _inputs(25, reset_p=0.2)
+    outs = []
+    for m in (fused, loop):
+        xx = x.clone().requires_grad_(True)
+        s0 = tuple(t.double().requires_grad_(True) for t in m.initial_state(B))
+        y, s = m(xx, s0, reset)
+        (y.sin().sum() + sum(t.cos().sum() for t in s)).backward()
+        outs.append((y, s, xx.grad, [p.grad for p in m.parameters()], [t.grad for t in s0]))
+    (y1, s1, g1, p1, sg1), (y2, s2, g2, p2, sg2) = outs
+    _close(y1, y2)
+    _close_state(s1, s2)
+    _close(g1, g2)
+    for a, b in zip(p1 + sg1, p2 + sg2):
+        _close(a, b)
