@@ -433,6 +433,23 @@ class NoisyRecallVectorEnv(VectorEnv):
         self._targets_np: np.ndarray | None = None
         self._correct_np = self._correct.numpy() if not self._torch_out else None
 
+    # -- pickling (train.py checkpoints the env) -------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        # The numpy arrays are views of the tensors; pickled separately they would become copies
+        # that no longer see the tensors' in-place updates. Drop them and re-derive on load.
+        state = self.__dict__.copy()
+        for k in ("_tokens_np", "_targets_np", "_correct_np"):
+            state[k] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if not self._torch_out:
+            self._correct_np = self._correct.numpy()
+            if self._tokens is not None:
+                self._tokens_np, self._targets_np = self._tokens.numpy(), self._targets.numpy()
+
     # -- seeding -------------------------------------------------------------------------------
 
     def _seed_range(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:

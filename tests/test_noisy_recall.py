@@ -484,3 +484,26 @@ def test_registration_and_make():
     assert isinstance(tenv.reset(seed=0)[0], torch.Tensor)
     sync = gym.make_vec(ENV_ID, num_envs=2, vectorization_mode="sync", seq_len=8)
     np.testing.assert_array_equal(sync.reset(seed=3)[0], NoisyRecallVectorEnv(2, seq_len=8).reset(seed=3)[0])
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_pickled_vector_env_continues_exactly(device):
+    """train.py checkpoints the env with cloudpickle: the copy must step exactly like the
+    original, accuracy included (numpy views must be re-derived, not copied)."""
+    import pickle
+
+    env = NoisyRecallVectorEnv(num_envs=3, vocab_size=8, noise_vocab_size=2, seq_len=8, device=device)
+    env.reset(seed=5)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        env.step(rng.integers(0, 3, 3))
+    twin = pickle.loads(pickle.dumps(env))
+    for _ in range(3 * 7):
+        a = rng.integers(0, 3, 3)
+        out1, out2 = env.step(a), twin.step(a)
+        for x, y in zip(out1[:4], out2[:4]):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        if "accuracy" in out1[4]:
+            acc1, acc2 = np.asarray(out1[4]["accuracy"]), np.asarray(out2[4]["accuracy"])
+            np.testing.assert_array_equal(acc1, acc2)
+            assert ((0 <= acc2) & (acc2 <= 1)).all()
