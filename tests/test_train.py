@@ -34,7 +34,7 @@ def _main(argv, capsys):
         (["--num-minibatches", "99"], "exceeds the number of sequences"),
         (["--memory-options", "bogus=1"], "has no option 'bogus'; its options are: num_layers, impl"),
         (["--num-envs", "0"], "--num-envs must be >= 1"),
-        (["--view-size", "4"], "odd and >= 3"),
+        (["--env-id", "MiniGrid-MemoryS7-v0", "--view-size", "4"], "odd and >= 3"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match):
@@ -150,3 +150,15 @@ def test_non_finite_stops_the_run_without_saving(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "non-finite" in err and "update 2" in err and "last good checkpoint" in err
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+
+
+def test_resume_keeps_every_logged_point(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    part = train.train(_args(tmp_path, "p"), on_update=lambda u: u == 2)
+    train.train(train.Args(resume=str(part), progress=False))
+    acc = EventAccumulator(str(part))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("charts/SPS")]
+    assert steps == [64 * i for i in range(1, 7)], steps
+    assert "charts/success_rate" in acc.Tags()["scalars"]
