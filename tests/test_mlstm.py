@@ -274,7 +274,7 @@ def test_orth_reads_newton_schulz_of_the_state_and_never_writes_it_back():
     assert sv_C.max() > 1.5 or sv_C[held].min() < 0.5  # C itself is not in that range
 
     # forward's output is exactly y = out(headnorm(q^T NS(C_t)) * silu(z)).
-    q, _, _, _, _, z = orth._cell_inputs(x)
+    q, _, _, _, _, z, _ = orth._inputs(x, s0, reset)
     h = (q.permute(2, 0, 1, 3).unsqueeze(-2) @ R).squeeze(-2)  # [T, B, H, dv]
     h = F.layer_norm(h, (orth.dv,)) * orth.norm_weight
     _close(y_o, orth.out((h * F.silu(z)).reshape(T, B, -1)))
@@ -356,7 +356,7 @@ def test_gate_initialization_follows_the_reference():
     assert ib.abs().max() < 0.5 and ib.abs().sum() > 0
     assert (m.dk, m.dv) == (16, 32)  # qk dim = half the value dim by default (xLSTM-7B)
     s = m.initial_state(3)
-    assert [list(t.shape) for t in s] == [[3, 4, 16, 32], [3, 4, 16], [3, 4]]
+    assert [list(t.shape) for t in s] == [[3, 4, 16, 32], [3, 4, 16], [3, 4], [3, 3, 10]]  # + conv history
     assert all(t.abs().sum() == 0 for t in s)
 
 
@@ -382,9 +382,9 @@ def test_bad_state_raises():
     m = memory.make("mlstm", 4, 16)
     x = torch.zeros(3, 2, 4)
     reset = torch.zeros(3, 2, dtype=torch.bool)
-    with pytest.raises(ValueError, match=r"state must be \(C, n, m\)"):
+    with pytest.raises(ValueError, match=r"state must be \(C, n, m, x_hist\)"):
         m(x, m.initial_state(3), reset)
-    with pytest.raises(ValueError, match=r"state must be \(C, n, m\)"):
+    with pytest.raises(ValueError, match=r"state must be \(C, n, m, x_hist\)"):
         m(x, m.initial_state(2)[:2], reset)
 
 
