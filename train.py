@@ -289,11 +289,7 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
     agent = ActorCritic(env.single_observation_space, int(env.single_action_space.n), backbone).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     collector = RolloutCollector(env, agent, args.num_steps, bptt_len, device, seed=args.seed)
-    cfg = PPOConfig(
-        gamma=args.gamma, gae_lambda=args.gae_lambda, num_minibatches=args.num_minibatches, update_epochs=args.update_epochs,
-        norm_adv=args.norm_adv, clip_coef=args.clip_coef, clip_vloss=args.clip_vloss, ent_coef=args.ent_coef,
-        vf_coef=args.vf_coef, max_grad_norm=args.max_grad_norm, target_kl=args.target_kl,
-    )
+    cfg = PPOConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)})
     is_minigrid = envs.is_minigrid(args.env_id)
     batch_size = args.num_envs * args.num_steps
     num_updates = max(1, args.total_timesteps // batch_size)
