@@ -463,7 +463,9 @@ def jobs_log(jobs: list[Job], name: str) -> Path | None:
 
 def train_command(run: Run) -> list[str]:
     if run.action == "resume":
-        return [sys.executable, str(TRAIN_PY), "--resume", str(run.run_dir)]
+        # The thread count is this grid's (--jobs), not the one the run started with.
+        i = run.argv.index("--torch-threads")
+        return [sys.executable, str(TRAIN_PY), "--resume", str(run.run_dir), *run.argv[i : i + 2]]
     return [sys.executable, str(TRAIN_PY), *run.argv]
 
 

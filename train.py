@@ -106,13 +106,17 @@ class Args:
     run_name: str | None = None
     """run directory name (default <env>__<backbone>__<seed>__<unix time>); never overwritten"""
     resume: str | None = None
-    """continue the run in this directory from its checkpoint (its config is used; other flags are ignored)"""
+    """continue the run in this directory from its checkpoint (its config is used; of the other flags only --torch-threads, --progress and --checkpoint-every apply)"""
     checkpoint_every: int = 50
     """write a checkpoint every this many updates (also at the end and on SIGINT/SIGTERM)"""
     eval_episodes: int = 0
     """after training, evaluate the greedy policy on this many fresh episodes (one per env)"""
     progress: bool = True
     """show a progress line on stderr"""
+
+
+# Flags that --resume takes from the command line instead of the checkpoint's config.
+RUNTIME_FIELDS = ("torch_threads", "progress", "checkpoint_every")
 
 
 class UsageError(Exception):
@@ -263,7 +267,10 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
             ckpt = ckpt_io.load(run_dir / "checkpoint.pt")
         except ckpt_io.CheckpointError as e:
             raise UsageError(str(e)) from None
-        args = Args(**{**ckpt["args"], "resume": str(run_dir), "progress": args.progress})
+        # The run's config comes from the checkpoint; how this process runs comes from the
+        # command line (threads are a property of the machine it resumes on, not of the run).
+        runtime = {k: getattr(args, k) for k in RUNTIME_FIELDS}
+        args = Args(**{**ckpt["args"], **runtime, "resume": str(run_dir)})
     mem_opts, bptt_len = validate(args)
     if ckpt is None:
         run_dir = Path(args.runs_dir) / (args.run_name or run_dir_name(args))

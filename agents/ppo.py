@@ -146,7 +146,8 @@ def ppo_update(
             if not torch.isfinite(grad_norm):
                 bad = [n for n, p in agent.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
                 optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteError(f"non-finite gradient in update {update_index}, epoch {epoch} (parameters: {', '.join(bad[:4])})")
+                where = f"parameters: {', '.join(bad[:4])}" if bad else "every entry finite, their norm overflowed"
+                raise NonFiniteError(f"non-finite gradient in update {update_index}, epoch {epoch} ({where})")
             optimizer.step()
 
         if cfg.target_kl is not None and approx_kl > cfg.target_kl:

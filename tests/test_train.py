@@ -162,3 +162,12 @@ def test_resume_keeps_every_logged_point(tmp_path):
     steps = [e.step for e in acc.Scalars("charts/SPS")]
     assert steps == [64 * i for i in range(1, 7)], steps
     assert "charts/success_rate" in acc.Tags()["scalars"]
+
+
+def test_resume_takes_threads_from_the_command_line(tmp_path):
+    part = train.train(_args(tmp_path, "t", torch_threads=2), on_update=lambda u: u == 1)
+    seen = {}
+    train.train(train.Args(resume=str(part), progress=False, torch_threads=1),
+                on_update=lambda u: seen.setdefault("threads", torch.get_num_threads()) and False)
+    assert seen["threads"] == 1
+    assert json.loads((part / "config.json").read_text())["torch_threads"] == 2
