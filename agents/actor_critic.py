@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 

@@ -94,7 +94,7 @@ def main() -> None:
           f"{args.num_minibatches} minibatches, hidden {args.hidden_size}, torch threads {args_cli.threads}")
     raw = raw_env_rate(args, 3.0)
     print(f"raw env (random actions): {raw:,.0f} env-steps/s\n")
-    print(f"| backbone | train env-steps/s | % of raw env | env s | acting s | update s |")
+    print("| backbone | train env-steps/s | % of raw env | env s | acting s | update s |")
     print("|---|---|---|---|---|---|")
     for spec in args_cli.backbones:
         name, _, rest = spec.partition(":")

@@ -6,7 +6,11 @@ envs/ knows nothing of torch models. Importing it registers memrl/NoisyRecall-v0
 from envs.minigrid_wrappers import MEMORY_IDS, CompactObservation, MovementActions
 from envs.vector import NOISY_RECALL_ID, is_minigrid, make_vec
 
-__all__ = ["make_vec", "MEMORY_IDS", "NOISY_RECALL_ID", "is_minigrid", "CompactObservation", "MovementActions"]
 from envs.noisy_recall import NoisyRecallEnv, NoisyRecallVectorEnv, register_envs
 
 register_envs()
+
+__all__ = [
+    "make_vec", "MEMORY_IDS", "NOISY_RECALL_ID", "is_minigrid", "CompactObservation", "MovementActions",
+    "NoisyRecallEnv", "NoisyRecallVectorEnv", "register_envs",
+]

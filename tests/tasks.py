@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gymnasium as gym
-import numpy as np
 from gymnasium import spaces
 
 CUE_RECALL_ID = "memrl_test/CueRecall-v0"
