@@ -33,7 +33,7 @@ class _Recurrent(Memory):
 
     cell_cls: type[nn.RNNBase]
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto", remember_bias: float = 0.0):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -48,6 +48,13 @@ class _Recurrent(Memory):
                 nn.init.zeros_(p)
             else:
                 nn.init.orthogonal_(p, 1.0)
+        # A positive bias on the gate that keeps the state (LSTM: forget gate; GRU: update gate)
+        # makes the fresh network remember across steps instead of halving its state every step.
+        H = hidden_size
+        keep_slice = slice(H, 2 * H)  # torch's gate order: LSTM (i, f, g, o), GRU (r, z, n)
+        with torch.no_grad():
+            for layer in range(num_layers):
+                getattr(self.rnn, f"bias_ih_l{layer}")[keep_slice] = remember_bias
 
     def _n_state(self) -> int:
         return 2 if self.cell_cls is nn.LSTM else 1
@@ -145,15 +152,15 @@ _VARIANTS = [{"impl": "fused"}, {"impl": "loop"}, {"num_layers": 2, "impl": "loo
 
 
 @register("lstm", test_variants=_VARIANTS)
-def make_lstm(input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto") -> Memory:
+def make_lstm(input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto", remember_bias: float = 0.0) -> Memory:
     """LSTM (torch's fused kernel between resets, or a step loop when resets are frequent)."""
-    return LSTM(input_size, hidden_size, num_layers, impl)
+    return LSTM(input_size, hidden_size, num_layers, impl, remember_bias)
 
 
 @register("gru", test_variants=_VARIANTS)
-def make_gru(input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto") -> Memory:
+def make_gru(input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto", remember_bias: float = 0.0) -> Memory:
     """GRU (torch's fused kernel between resets, or a step loop when resets are frequent)."""
-    return GRU(input_size, hidden_size, num_layers, impl)
+    return GRU(input_size, hidden_size, num_layers, impl, remember_bias)
 
 
 @register("mlp")

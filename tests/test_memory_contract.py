@@ -191,3 +191,12 @@ def test_classic_loop_equals_fused_kernel(name, num_layers):
     _close(g1, g2)
     for a, b in zip(p1 + sg1, p2 + sg2):
         _close(a, b)
+
+
+@pytest.mark.parametrize("name,gates", [("lstm", 4), ("gru", 3)])
+def test_remember_bias_sets_only_the_keep_gate(name, gates):
+    m = memory.make(name, 5, 8, num_layers=2, remember_bias=2.0)
+    for layer in range(2):
+        b = getattr(m.rnn, f"bias_ih_l{layer}").detach().view(gates, 8)
+        assert torch.all(b[1] == 2.0) and torch.all(b[0] == 0) and torch.all(b[2:] == 0)
+        assert torch.all(getattr(m.rnn, f"bias_hh_l{layer}") == 0)
