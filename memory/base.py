@@ -48,11 +48,3 @@ def check_inputs(module: Memory, x: Tensor, reset: Tensor) -> None:
     if reset.dtype != torch.bool:
         raise ValueError(f"{type(module).__name__}: reset must be bool, got {reset.dtype}")
 
-
-def mask_state(state: State, fresh: State, reset_t: Tensor) -> State:
-    """Per batch element, replace ``state`` by ``fresh`` where reset_t [B] is True."""
-    out = []
-    for s, f in zip(state, fresh):
-        r = reset_t.view(-1, *([1] * (s.dim() - 1)))
-        out.append(torch.where(r, f, s))
-    return tuple(out)
