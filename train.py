@@ -38,6 +38,8 @@ class Args:
     """backbone options as key=value, e.g. num_heads=4 kind=ldu (python -c 'import memory; print(memory.describe("mru"))' lists them)"""
     hidden_size: int = 128
     """width of the observation embedding and of the memory output"""
+    head_size: int = 0
+    """width of a hidden layer (Linear+ReLU, shared by policy and value) after the memory; 0: linear heads as CleanRL"""
     seed: int = 1
     """seed of torch, numpy, python and the envs (env i gets seed + i)"""
     total_timesteps: int = 250_000
@@ -148,6 +150,8 @@ def validate(args: Args) -> tuple[dict, int]:
     for name in positive:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.head_size < 0:
+        raise UsageError(f"--head-size must be >= 0 (0: linear heads), got {args.head_size}")
     if args.eval_episodes < 0:
         raise UsageError(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
     if args.backbone not in memory.names():
@@ -268,7 +272,8 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
         # The run's config comes from the checkpoint; how this process runs comes from the
         # command line (threads are a property of the machine it resumes on, not of the run).
         runtime = {k: getattr(args, k) for k in RUNTIME_FIELDS}
-        args = Args(**{**ckpt["args"], **runtime, "resume": str(run_dir)})
+        # Checkpoints written before --head-size existed had linear heads.
+        args = Args(**{"head_size": 0, **ckpt["args"], **runtime, "resume": str(run_dir)})
     mem_opts, bptt_len = validate(args)
     if ckpt is None:
         run_dir = Path(args.runs_dir) / (args.run_name or run_dir_name(args))
@@ -291,7 +296,7 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
         backbone = memory.make(args.backbone, args.hidden_size, args.hidden_size, **mem_opts)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    agent = ActorCritic(env.single_observation_space, int(env.single_action_space.n), backbone).to(device)
+    agent = ActorCritic(env.single_observation_space, int(env.single_action_space.n), backbone, args.head_size).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     collector = RolloutCollector(env, agent, args.num_steps, bptt_len, device, seed=args.seed)
     cfg = PPOConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)})

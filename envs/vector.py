@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -61,7 +62,15 @@ def make_vec(
         if is_minigrid(env_id):
             import minigrid  # noqa: F401
 
-            if env_id not in gym.envs.registry:
+            if ":" in env_id:  # a MiniGrid env registered by the user's package
+                module, _, bare = env_id.partition(":")
+                try:
+                    importlib.import_module(module)
+                except ImportError as e:
+                    raise ValueError(f"unknown env id {env_id!r} (cannot import {module!r}: {e}); choose one of: {known_ids()}") from None
+            else:
+                bare = env_id
+            if bare not in gym.envs.registry:
                 raise ValueError(f"unknown env id {env_id!r}; choose one of: {known_ids()}")
             fn = lambda: make_minigrid(env_id, view_size, movement_only, **env_kwargs)  # noqa: E731
         else:

@@ -6,6 +6,7 @@ import gymnasium as gym
 from gymnasium import spaces
 
 CUE_RECALL_ID = "memrl_test/CueRecall-v0"
+CUE_MATCH_ID = "memrl_test/CueMatch-v0"
 
 
 class CueRecall(gym.Env):
@@ -34,6 +35,36 @@ class CueRecall(gym.Env):
         return 3, float(int(action) == self.cue), True, False, {}
 
 
+class CueMatch(gym.Env):
+    """MiniGrid Memory's decision in miniature: see a cue (0 or 1) at the first step, ``delay``
+    blank steps (2), then a probe (3 or 4 for 0 or 1): action 1 if the probe matches the cue,
+    0 if not (reward 1), and the episode ends. The answer is the XOR of what was remembered and
+    what is seen now: no single linear readout of either gets above 0.5."""
+
+    action_space = spaces.Discrete(2)
+    observation_space = spaces.Discrete(5)
+
+    def __init__(self, delay: int = 4):
+        self.delay = delay
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.cue = int(self.np_random.integers(2))
+        self.probe = int(self.np_random.integers(2))
+        self.t = 0
+        return self.cue, {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t <= self.delay:
+            return 2, 0.0, False, False, {}
+        if self.t == self.delay + 1:
+            return 3 + self.probe, 0.0, False, False, {}
+        return 3 + self.probe, float(int(action) == int(self.probe == self.cue)), True, False, {}
+
+
 def register() -> None:
     if CUE_RECALL_ID not in gym.envs.registry:
         gym.register(CUE_RECALL_ID, entry_point=CueRecall)
+    if CUE_MATCH_ID not in gym.envs.registry:
+        gym.register(CUE_MATCH_ID, entry_point=CueMatch)

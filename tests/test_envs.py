@@ -50,6 +50,9 @@ def test_any_gymnasium_id_and_module_form():
     assert obs.shape == (3, 4)
     venv = envs.make_vec("gymnasium:CartPole-v1", 2, seed=0)
     assert venv.num_envs == 2
+    # A MiniGrid env registered by an imported package keeps the MiniGrid wrappers.
+    venv = envs.make_vec("minigrid:MiniGrid-MemoryS7-v0", 2, seed=0, view_size=3, movement_only=True)
+    assert venv.single_action_space.n == 3 and venv.single_observation_space.shape == (3 * 3 * 3 + 1,)
 
 
 @pytest.mark.parametrize(
@@ -58,6 +61,8 @@ def test_any_gymnasium_id_and_module_form():
         ("MiniGrid-MemoryS8-v0", "unknown env id 'MiniGrid-MemoryS8-v0'.*choose one of: MiniGrid-MemoryS7-v0"),
         ("NoSuchEnv-v0", "unknown env id 'NoSuchEnv-v0'"),
         ("no_such_module:Foo-v0", "unknown env id"),
+        ("no_such_module:MiniGrid-Foo-v0", "cannot import 'no_such_module'"),
+        ("minigrid:MiniGrid-Foo-v0", "unknown env id 'minigrid:MiniGrid-Foo-v0'"),
         ("Pendulum-v1", "Discrete actions only"),
     ],
 )

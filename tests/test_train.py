@@ -34,6 +34,7 @@ def _main(argv, capsys):
         (["--num-minibatches", "99"], "exceeds the number of sequences"),
         (["--memory-options", "bogus=1"], "has no option 'bogus'; its options are: num_layers, impl, remember_bias"),
         (["--num-envs", "0"], "--num-envs must be >= 1"),
+        (["--head-size", "-1"], "--head-size must be >= 0"),
         (["--env-id", "MiniGrid-MemoryS7-v0", "--view-size", "4"], "odd and >= 3"),
     ],
 )
