@@ -22,14 +22,20 @@ def _segments(reset: Tensor) -> list[int]:
 
 
 class _Recurrent(Memory):
-    """nn.LSTM / nn.GRU with per-env episode resets, by one of two equal computations:
+    """nn.LSTM / nn.GRU with per-env episode resets, by one of three equal computations:
 
     - ``fused``: torch's fused kernel over each run of steps in which no env resets, masking the
       state at run starts. Fastest when resets are rare (long episodes, acting with T = 1).
+    - ``packed``: every episode segment of every env becomes its own sequence of one
+      PackedSequence (zero start state, or the carried state for each env's first segment), so
+      one fused call covers the whole [T, B] however many resets it has; outputs are scattered
+      back to [T, B]. On CPU torch's packed LSTM is slow: 3.3-3.6x the loop's training step
+      (B 16, T 128, hidden 128, 3 or 20 resets per env; benchmarks/backbones.py), so it is opt-in;
+      it is there for GPUs, where a step loop is bound by kernel launches (not measured yet).
     - ``loop``: one input projection for all T, then a step loop with the reset mask folded in.
       Its cost does not depend on the resets, so it wins when short episodes cut a sequence into
       many runs (measured crossover: about T/4 runs on CPU; benchmarks/backbones.py).
-    ``auto`` picks per call."""
+    ``auto`` picks fused or loop per call."""
 
     cell_cls: type[nn.RNNBase]
 
@@ -37,8 +43,8 @@ class _Recurrent(Memory):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if impl not in ("auto", "fused", "loop"):
-            raise ValueError(f"impl must be one of auto, fused, loop; got {impl!r}")
+        if impl not in ("auto", "fused", "packed", "loop"):
+            raise ValueError(f"impl must be one of auto, fused, packed, loop; got {impl!r}")
         self.input_size, self.output_size = input_size, hidden_size
         self.hidden_size, self.num_layers, self.impl = hidden_size, num_layers, impl
         self.rnn = self.cell_cls(input_size, hidden_size, num_layers=num_layers)
@@ -65,9 +71,45 @@ class _Recurrent(Memory):
 
     def forward(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
         check_inputs(self, x, reset)
+        impl = self.impl
+        if impl == "loop":
+            return self._loop(x, state, reset)
+        if impl == "packed":
+            return self._packed(x, state, reset)
         bounds = _segments(reset)
-        use_loop = self.impl == "loop" or (self.impl == "auto" and len(bounds) - 1 > max(4, x.shape[0] // 4))
-        return self._loop(x, state, reset) if use_loop else self._fused(x, state, reset, bounds)
+        if impl == "auto" and len(bounds) - 1 > max(4, x.shape[0] // 4):
+            return self._loop(x, state, reset)
+        return self._fused(x, state, reset, bounds)
+
+    def _packed(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
+        T, B, D = x.shape
+        # Segment ids in env-major order: a segment starts at t = 0 and at every reset.
+        starts = reset.t().clone()  # [B, T]
+        starts[:, 0] = True
+        seg = starts.reshape(-1).cumsum(0).sub_(1)  # [B*T]
+        n_seg = int(seg[-1]) + 1
+        t_idx = torch.arange(T, device=x.device).repeat(B)
+        seg_start_t = torch.zeros(n_seg, dtype=torch.long, device=x.device)
+        seg_start_t[seg[starts.reshape(-1)]] = t_idx[starts.reshape(-1)]
+        off = t_idx - seg_start_t[seg]  # offset of each step inside its segment
+        lengths = torch.bincount(seg, minlength=n_seg)
+        padded = x.new_zeros(int(lengths.max()), n_seg, D)
+        padded[off, seg] = x.transpose(0, 1).reshape(B * T, D)
+        packed = nn.utils.rnn.pack_padded_sequence(padded, lengths.cpu(), enforce_sorted=False)
+        # Start states: each env's first segment continues its carried state unless it resets at 0.
+        first = seg.view(B, T)[:, 0]  # [B]
+        keep0 = (~reset[0]).to(x.dtype).view(1, B, 1)
+        h0 = []
+        for s in state:
+            h = s.new_zeros(self.num_layers, n_seg, self.hidden_size)
+            h = h.index_copy(1, first, s.transpose(0, 1) * keep0)
+            h0.append(h)
+        out, new = self.rnn(packed, tuple(h0) if len(h0) == 2 else h0[0])
+        out, _ = nn.utils.rnn.pad_packed_sequence(out)  # [Lmax, n_seg, H]
+        y = out[off, seg].view(B, T, -1).transpose(0, 1)
+        last = seg.view(B, T)[:, -1]
+        finals = list(new) if isinstance(new, tuple) else [new]
+        return y, tuple(f[:, last].transpose(0, 1) for f in finals)
 
     def _fused(self, x: Tensor, state: State, reset: Tensor, bounds: list[int]) -> tuple[Tensor, State]:
         # State is batch-first ([B, layers, H]) per the contract; nn.LSTM wants [layers, B, H].
@@ -148,7 +190,8 @@ class MLP(Memory):
         return self.net(x), ()
 
 
-_VARIANTS = [{"impl": "fused"}, {"impl": "loop"}, {"num_layers": 2, "impl": "loop"}, {"num_layers": 2, "impl": "fused"}]
+_VARIANTS = [{"impl": "fused"}, {"impl": "packed"}, {"impl": "loop"}, {"num_layers": 2, "impl": "loop"},
+             {"num_layers": 2, "impl": "fused"}, {"num_layers": 2, "impl": "packed"}]
 
 
 @register("lstm", test_variants=_VARIANTS)

@@ -172,16 +172,22 @@ def test_parse_options_types():
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_classic_loop_equals_fused_kernel(name, num_layers):
-    """The step loop and torch's fused kernel are the same function (values and gradients)."""
-    fused = _build(name, {"impl": "fused", "num_layers": num_layers})
+@pytest.mark.parametrize("impl", ["fused", "packed"])
+@pytest.mark.parametrize("reset_p", [0.05, 0.3])
+def test_classic_loop_equals_fused_kernel(name, num_layers, impl, reset_p):
+    """The step loop and torch's fused kernel (per reset-free run, or one PackedSequence of
+    episode segments) are the same function (values and gradients, carried state included)."""
+    fused = _build(name, {"impl": impl, "num_layers": num_layers})
     loop = _build(name, {"impl": "loop", "num_layers": num_layers})
     loop.load_state_dict(fused.state_dict())
-    x, reset = _inputs(25, reset_p=0.2)
+    x, reset = _inputs(25, reset_p=reset_p)
+    reset[0, 0], reset[0, 1] = True, False  # one env starts an episode at t = 0, one carries its state
+    g = torch.Generator().manual_seed(3)
+    s0_values = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in fused.initial_state(B)]
     outs = []
     for m in (fused, loop):
         xx = x.clone().requires_grad_(True)
-        s0 = tuple(t.double().requires_grad_(True) for t in m.initial_state(B))
+        s0 = tuple(t.clone().requires_grad_(True) for t in s0_values)
         y, s = m(xx, s0, reset)
         (y.sin().sum() + sum(t.cos().sum() for t in s)).backward()
         outs.append((y, s, xx.grad, [p.grad for p in m.parameters()], [t.grad for t in s0]))
