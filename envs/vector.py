@@ -9,6 +9,7 @@ import gymnasium as gym
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
+from envs.minigrid_probes import PROBE_IDS
 from envs.minigrid_wrappers import MEMORY_IDS, make_minigrid
 
 NOISY_RECALL_ID = "memrl/NoisyRecall-v0"
@@ -20,7 +21,7 @@ def is_minigrid(env_id: str) -> bool:
 
 
 def known_ids() -> str:
-    return f"{', '.join(MEMORY_IDS)}, {NOISY_RECALL_ID}, or any registered gymnasium id with Discrete actions ('module:EnvId' imports a package)"
+    return f"{', '.join(MEMORY_IDS)}, {NOISY_RECALL_ID}, the diagnostic variants {', '.join(PROBE_IDS)}, or any registered gymnasium id with Discrete actions ('module:EnvId' imports a package)"
 
 
 def make_vec(

@@ -78,3 +78,35 @@ def test_bad_view_size_and_num_envs():
         envs.make_vec("MiniGrid-MemoryS7-v0", 0, seed=0)
     with pytest.raises(ValueError, match="MiniGrid ids only"):
         envs.make_vec("CartPole-v1", 2, seed=0, view_size=3)
+
+
+@pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")
+@pytest.mark.parametrize("size", [7, 9])
+@pytest.mark.parametrize("kind", ["Oracle", "CueFirst"])
+def test_memory_probe_variants_show_the_cue_and_nothing_else_changes(kind, size):
+    import gymnasium as gym
+    import minigrid  # noqa: F401
+
+    probe = gym.make(f"MiniGrid-Memory{kind}S{size}-v0", agent_view_size=3)
+    plain = gym.make(f"MiniGrid-MemoryS{size}-v0", agent_view_size=3)
+    rng = np.random.default_rng(0)
+    for episode in range(5):
+        a, _ = probe.reset(seed=episode)
+        b, _ = plain.reset(seed=episode)
+        cue = probe.unwrapped.grid.get(1, probe.unwrapped.height // 2 - 1).encode()
+        assert type(probe.unwrapped.grid.get(1, size // 2 - 1)).__name__ in ("Key", "Ball")
+        for t in range(30):
+            shown = kind == "Oracle" or t == 0
+            if shown:
+                assert tuple(a["image"][0, 0]) == cue
+            rest_a, rest_b = a["image"].copy(), b["image"].copy()
+            if shown:
+                rest_a[0, 0] = rest_b[0, 0]
+            assert np.array_equal(rest_a, rest_b) and a["direction"] == b["direction"]
+            action = int(rng.integers(3))
+            a, ra, ta, tra, _ = probe.step(action)
+            b, rb, tb, trb, _ = plain.step(action)
+            assert (ra, ta, tra) == (rb, tb, trb)
+            if ta or tra:
+                break
+    check_env(make_minigrid(f"MiniGrid-Memory{kind}S{size}-v0", view_size=3, movement_only=True), skip_render_check=True)
