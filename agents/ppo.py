@@ -70,6 +70,12 @@ def _seq_obs(obs, L: int):
     return to_sequences(obs, L)
 
 
+def sequence_inputs(ro: Rollout, L: int):
+    """The update's view of a rollout: observations as [L, K*N, ...] sequences and the memory
+    state stored at each sequence's start ([K*N, ...], same order)."""
+    return _seq_obs(ro.obs, L), tuple(s.reshape(-1, *s.shape[2:]) for s in ro.start_states)
+
+
 def _index_obs(obs, idx: Tensor):
     if isinstance(obs, dict):
         return {k: _index_obs(v, idx) for k, v in obs.items()}
@@ -92,11 +98,10 @@ def ppo_update(
         if not torch.isfinite(x).all():
             raise NonFiniteError(f"non-finite {name} in the rollout of update {update_index}")
     L = bptt_len
-    obs = _seq_obs(ro.obs, L)
+    obs, start = sequence_inputs(ro, L)
     reset, actions, old_logp, old_values, adv_s, ret_s, valid = (
         to_sequences(x, L) for x in (ro.reset, ro.actions, ro.logprobs, ro.values, adv, returns, ro.valid)
     )
-    start = tuple(s.reshape(-1, *s.shape[2:]) for s in ro.start_states)  # [K*N, ...]
     validf = valid.float()
     n_seq = reset.shape[1]
     n_mb = min(cfg.num_minibatches, n_seq)
