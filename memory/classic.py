@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from memory.base import Memory, State, check_inputs
+from memory.ops.gru import gru_layer
 from memory.registry import register
 
 
@@ -34,8 +35,9 @@ class _Recurrent(Memory):
       it is there for GPUs, where a step loop is bound by kernel launches (not measured yet).
     - ``loop``: one input projection for all T, then a step loop with the reset mask folded in.
       Its cost does not depend on the resets, so it wins when short episodes cut a sequence into
-      many runs (measured crossover: about T/4 runs on CPU; benchmarks/backbones.py).
-    ``auto`` picks fused or loop per call."""
+      many runs (measured crossover: about T/4 runs on CPU; benchmarks/backbones.py). The GRU's
+      loop is memory.ops.gru_layer (hand-written backward).
+    ``auto`` picks fused or loop per call (GRU on CPU: loop for every T > 1)."""
 
     cell_cls: type[nn.RNNBase]
 
@@ -62,6 +64,10 @@ class _Recurrent(Memory):
             for layer in range(num_layers):
                 getattr(self.rnn, f"bias_ih_l{layer}")[keep_slice] = remember_bias
 
+    def _loop_first(self, x: Tensor) -> bool:
+        """Whether ``auto`` takes the step loop whatever the resets (GRU on CPU, see there)."""
+        return False
+
     def _n_state(self) -> int:
         return 2 if self.cell_cls is nn.LSTM else 1
 
@@ -76,6 +82,8 @@ class _Recurrent(Memory):
             return self._loop(x, state, reset)
         if impl == "packed":
             return self._packed(x, state, reset)
+        if impl == "auto" and self._loop_first(x):
+            return self._loop(x, state, reset)
         bounds = _segments(reset)
         if impl == "auto" and len(bounds) - 1 > max(4, x.shape[0] // 4):
             return self._loop(x, state, reset)
@@ -164,14 +172,26 @@ class LSTM(_Recurrent):
 class GRU(_Recurrent):
     cell_cls = nn.GRU
 
-    def _cell(self, xw, carry, w_hh, b_hh):
-        (h,) = carry
-        xr, xz, xn = xw.chunk(3, 1)
-        hr, hz, hn = torch.addmm(b_hh, h, w_hh.t()).chunk(3, 1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        return [n + z * (h - n)]
+    def _loop_first(self, x: Tensor) -> bool:
+        # torch has no fused GRU kernel on CPU: nn.GRU runs its own autograd step loop, which
+        # gru_layer's hand-written backward beats for training (B 4 / 16, T 128, hidden 128:
+        # 1.5x / 1.3x, benchmarks/backbones.py); a single acting step is cheaper through nn.GRU.
+        return x.device.type == "cpu" and x.shape[0] > 1
+
+    def _loop(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
+        # memory.ops.gru_layer: the step loop with a hand-written backward (torch has no fused
+        # GRU kernel on CPU, so this is also what ``auto`` picks there).
+        T, B, _ = x.shape
+        keep = (~reset).to(x.dtype)
+        (h,) = state
+        inp, finals = x, []
+        for layer in range(self.num_layers):
+            w_ih = getattr(self.rnn, f"weight_ih_l{layer}")
+            b_ih = getattr(self.rnn, f"bias_ih_l{layer}")
+            xw = torch.addmm(b_ih, inp.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
+            inp, h_last = gru_layer(xw, h[:, layer], keep, getattr(self.rnn, f"weight_hh_l{layer}"), getattr(self.rnn, f"bias_hh_l{layer}"))
+            finals.append(h_last)
+        return inp, (torch.stack(finals, 1),)
 
 
 class MLP(Memory):

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memory.ops import (
+    gru_layer,
+    gru_layer_ref,
     linear_scan,
     linear_scan_ref,
     matrix_scan,
@@ -278,6 +280,68 @@ def test_newton_schulz_dtype_option():
     assert xb.grad.dtype == torch.float32 and torch.isfinite(xb.grad).all()
     # Zero matrices stay zero (eps keeps the normalization finite).
     assert torch.equal(newton_schulz(torch.zeros(2, 3, 3)), torch.zeros(2, 3, 3))
+
+
+# ------------------------------------------------------------------------------------- gru_layer
+
+
+def _gru_inputs(T: int, B: int, H: int, kind: str, seed: int, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    xw = torch.randn(T, B, 3 * H, generator=g, dtype=dtype)
+    h0 = torch.randn(B, H, generator=g, dtype=dtype)
+    w = torch.randn(3 * H, H, generator=g, dtype=dtype) / H**0.5
+    b = torch.randn(3 * H, generator=g, dtype=dtype) * 0.1
+    keep = (~_reset(kind, T, B, g)).to(dtype)
+    return xw, h0, keep, w, b
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 12), B=st.integers(1, 4), H=st.integers(1, 9), reset_kind=RESETS,
+    outputs=st.sampled_from(["sequence", "final", "both"]), seed=st.integers(0, 2**16),
+)
+def test_gru_layer_matches_reference(T, B, H, reset_kind, outputs, seed):
+    xw, h0, keep, w, b = _gru_inputs(T, B, H, reset_kind, seed)
+    leaves = [t.clone().requires_grad_(True) for t in (xw, h0, w, b)]
+    results = []
+    for fn in (gru_layer, gru_layer_ref):
+        ins = [t.clone().requires_grad_(True) for t in leaves]
+        y, hT = fn(ins[0], ins[1], keep, ins[2], ins[3])
+        g = torch.Generator().manual_seed(seed + 1)
+        wy, wh = torch.randn(y.shape, generator=g), torch.randn(hT.shape, generator=g)
+        loss = {"sequence": (y * wy).sum(), "final": (hT * wh).sum(), "both": (y * wy).sum() + (hT * wh).sum()}[outputs]
+        results.append((y, hT, torch.autograd.grad(loss, ins)))
+    (y1, h1, g1), (y2, h2, g2) = results
+    _close(y1, y2)
+    _close(h1, h2)
+    for a, c in zip(g1, g2):
+        _close(a, c)
+
+
+@pytest.mark.parametrize("reset_kind", ["none", "first", "random"])
+def test_gru_layer_gradcheck(reset_kind):
+    xw, h0, keep, w, b = _gru_inputs(6, 3, 4, reset_kind, 0, torch.float64)
+    ins = [t.requires_grad_(True) for t in (xw, h0, w, b)]
+    assert torch.autograd.gradcheck(lambda a, h, ww, bb: gru_layer(a, h, keep, ww, bb), ins)
+
+
+def test_gru_layer_without_grad_equals_with_grad_and_keeps_inputs():
+    xw, h0, keep, w, b = _gru_inputs(7, 3, 5, "random", 4)
+    before = [t.clone() for t in (xw, h0, keep, w, b)]
+    with torch.no_grad():
+        y0, h0_out = gru_layer(xw, h0, keep, w, b)
+    y1, h1 = gru_layer(xw.requires_grad_(True), h0, keep, w, b)
+    assert torch.equal(y0, y1.detach()) and torch.equal(h0_out, h1.detach())
+    for a, c in zip((xw, h0, keep, w, b), before):
+        assert torch.equal(a.detach(), c)
+
+
+def test_gru_layer_errors():
+    xw, h0, keep, w, b = _gru_inputs(4, 2, 3, "none", 0)
+    with pytest.raises(ValueError, match=r"xw \[T, B, 3H\] and w_hh \[3H, H\] expected, got \(4, 2, 9\) and \(9, 4\)"):
+        gru_layer(xw, h0, keep, torch.randn(9, 4), b)
+    with pytest.raises(ValueError, match=r"keep \(4, 3\) must be \[T, B\]"):
+        gru_layer(xw, h0, torch.ones(4, 3), w, b)
 
 
 # ----------------------------------------------------------------------------------------- errors

@@ -3,6 +3,7 @@
 - ``linear_scan(gate, x, reset, state0=None)``: h[t] = gate[t] * (0 if reset[t] else h[t-1]) + x[t]
 - ``matrix_scan(m, reset, state0=None)``: H[t] = (I if reset[t] else H[t-1]) @ m[t]
 - ``newton_schulz(x, steps=5, eps=1e-7)``: Muon's quintic orthogonalization of [..., m, n]
+- ``gru_layer(xw, h0, keep, w_hh, b_hh)``: one GRU layer over [T, B] with resets, hand-written backward
 
 Each has a plain reference loop beside it (``*_ref``); the fast paths are tested against them.
 """
@@ -10,11 +11,14 @@ Each has a plain reference loop beside it (``*_ref``); the fast paths are tested
 from memory.ops.reference import linear_scan_ref, matrix_scan_ref, newton_schulz_ref
 from memory.ops.scan import linear_scan, matrix_scan
 from memory.ops.newton_schulz import newton_schulz
+from memory.ops.gru import gru_layer, gru_layer_ref
 
 __all__ = [
     "linear_scan",
     "matrix_scan",
     "newton_schulz",
+    "gru_layer",
+    "gru_layer_ref",
     "linear_scan_ref",
     "matrix_scan_ref",
     "newton_schulz_ref",
