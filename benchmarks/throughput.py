@@ -49,7 +49,8 @@ def training_rate(args: train.Args, backbone: str, opts: dict, updates: int) -> 
     agent = ActorCritic(env.single_observation_space, int(env.single_action_space.n),
                         memory.make(backbone, args.hidden_size, args.hidden_size, **opts))
     opt = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-    col = RolloutCollector(env, agent, args.num_steps, args.num_steps, device, seed=0)
+    L = args.bptt_len or args.num_steps
+    col = RolloutCollector(env, agent, args.num_steps, L, device, seed=0)
     cfg = PPOConfig(num_minibatches=args.num_minibatches, update_epochs=args.update_epochs)
     # Time spent inside env.step, to split the rollout into env and acting.
     env_time = [0.0]
@@ -71,7 +72,7 @@ def training_rate(args: train.Args, backbone: str, opts: dict, updates: int) -> 
         ro = col.collect(agent)
         t2 = time.perf_counter()
         agent.train()
-        ppo_update(agent, opt, ro, cfg, args.num_steps)
+        ppo_update(agent, opt, ro, cfg, L)
         t3 = time.perf_counter()
         t_roll += t2 - t
         t_upd += t3 - t2
@@ -87,11 +88,13 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--bptt-len", type=int, default=None, help="BPTT chunk length (default: the whole 128-step rollout)")
     args_cli = p.parse_args()
     torch.set_num_threads(args_cli.threads)
-    args = train.Args(env_id=args_cli.env_id, num_envs=16, num_steps=128, update_epochs=4, hidden_size=args_cli.hidden_size)
+    args = train.Args(env_id=args_cli.env_id, num_envs=16, num_steps=128, update_epochs=4, hidden_size=args_cli.hidden_size,
+                      bptt_len=args_cli.bptt_len)
     print(f"{args.env_id}, {args.num_envs} envs x {args.num_steps} steps, {args.update_epochs} epochs x "
-          f"{args.num_minibatches} minibatches, hidden {args.hidden_size}, torch threads {args_cli.threads}")
+          f"{args.num_minibatches} minibatches, BPTT {args.bptt_len or args.num_steps}, hidden {args.hidden_size}, torch threads {args_cli.threads}")
     raw = raw_env_rate(args, 3.0)
     print(f"raw env (random actions): {raw:,.0f} env-steps/s\n")
     print("| backbone | train env-steps/s | % of raw env | env s | acting s | update s |")
