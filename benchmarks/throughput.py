@@ -5,7 +5,10 @@
 
 Training env-steps/s = env steps / wall time of (rollout collection + PPO update), measured over
 --updates updates after one warm-up update. Raw = the same 16 envs (same wrappers) stepping with
-random actions. Also prints where the time goes (env, acting, update).
+random actions. Also prints where the time goes (env, acting, update). --contention also measures
+the raw env rate while a busy-looping process holds another core: on the project's 2-core
+machines it drops to ~70% (any second process slows the first), which caps what overlapping env
+stepping with learning in a second process could gain.
 """
 
 from __future__ import annotations
@@ -40,6 +43,20 @@ def raw_env_rate(args: train.Args, seconds: float) -> float:
     rate = steps / (time.perf_counter() - t0)
     env.close()
     return rate
+
+
+def contended_env_rate(args: train.Args, seconds: float) -> float:
+    """The raw env rate while another process keeps the other core busy with a Python loop:
+    the most any overlap of env stepping with learning (a second process) could leave the env."""
+    import subprocess
+
+    spin = subprocess.Popen([sys.executable, "-c", f"import time\nt = time.time()\nwhile time.time() - t < {seconds + 2}: pass"])
+    try:
+        time.sleep(0.5)
+        return raw_env_rate(args, seconds)
+    finally:
+        spin.kill()
+        spin.wait()
 
 
 def training_rate(args: train.Args, backbone: str, opts: dict, updates: int) -> dict[str, float]:
@@ -88,6 +105,7 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--contention", action="store_true", help="also measure the raw env rate while a busy process holds another core")
     p.add_argument("--bptt-len", type=int, default=None, help="BPTT chunk length (default: the whole 128-step rollout)")
     args_cli = p.parse_args()
     torch.set_num_threads(args_cli.threads)
@@ -96,7 +114,11 @@ def main() -> None:
     print(f"{args.env_id}, {args.num_envs} envs x {args.num_steps} steps, {args.update_epochs} epochs x "
           f"{args.num_minibatches} minibatches, BPTT {args.bptt_len or args.num_steps}, hidden {args.hidden_size}, torch threads {args_cli.threads}")
     raw = raw_env_rate(args, 3.0)
-    print(f"raw env (random actions): {raw:,.0f} env-steps/s\n")
+    print(f"raw env (random actions): {raw:,.0f} env-steps/s")
+    if args_cli.contention:
+        busy = contended_env_rate(args, 3.0)
+        print(f"raw env while another process keeps a second core busy: {busy:,.0f} env-steps/s ({100 * busy / raw:.0f}%)")
+    print()
     print("| backbone | train env-steps/s | % of raw env | env s | acting s | update s |")
     print("|---|---|---|---|---|---|")
     for spec in args_cli.backbones:
