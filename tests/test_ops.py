@@ -405,3 +405,19 @@ def test_gpu_paths_match_reference():
     y = _well_conditioned((64, 16, 16), g).to(dev)
     s = torch.linalg.svdvals(newton_schulz(y, dtype=torch.bfloat16).float())
     assert s.min() > 0.4 and s.max() < 1.6
+
+
+@pytest.mark.gpu
+def test_gru_layer_on_gpu_matches_reference():
+    dev = torch.device("cuda")
+    xw, h0, keep, w, b = (t.to(dev) for t in _gru_inputs(64, 8, 32, "random", 0))
+    outs = []
+    for fn in (gru_layer, gru_layer_ref):
+        ins = [t.clone().requires_grad_(True) for t in (xw, h0, w, b)]
+        y, hT = fn(ins[0], ins[1], keep, ins[2], ins[3])
+        outs.append((y, hT, torch.autograd.grad(y.sin().sum() + hT.sum(), ins)))
+    (y1, h1, g1), (y2, h2, g2) = outs
+    _close(y1, y2)
+    _close(h1, h2)
+    for a, c in zip(g1, g2):
+        _close(a, c)
