@@ -37,7 +37,8 @@ class _Recurrent(Memory):
       Its cost does not depend on the resets, so it wins when short episodes cut a sequence into
       many runs (measured crossover: about T/4 runs on CPU; benchmarks/backbones.py). The GRU's
       loop is memory.ops.gru_layer (hand-written backward).
-    ``auto`` picks fused or loop per call (GRU on CPU: loop for every T > 1)."""
+    ``auto`` picks fused or loop per call (on CPU: LSTM acting steps, T = 1, and GRU training,
+    T > 1, take the loop)."""
 
     cell_cls: type[nn.RNNBase]
 
@@ -161,6 +162,12 @@ class _Recurrent(Memory):
 
 class LSTM(_Recurrent):
     cell_cls = nn.LSTM
+
+    def _loop_first(self, x: Tensor) -> bool:
+        # One acting step (T = 1): the loop's two products and five element-wise ops cost less
+        # than a call into torch's mkldnn kernel (B 16: 0.13 vs 0.20 ms; B 64: 0.24 vs 0.32 ms,
+        # benchmarks/backbones.py act column). For training sequences the fused kernel wins.
+        return x.device.type == "cpu" and x.shape[0] == 1
 
     def _cell(self, xw, carry, w_hh, b_hh):
         h, c = carry
