@@ -101,6 +101,8 @@ class Args:
     """auto picks cuda when available"""
     torch_threads: int = 1
     """torch intra-op threads (1 is fastest on small CPU machines; see README)"""
+    async_rollouts: bool = False
+    """collect the next rollout in a worker process while the learner updates (the rollouts then lag the policy by one update; see agents/async_rollout.py)"""
     runs_dir: str = "runs"
     """where run directories are created"""
     run_name: str | None = None
@@ -208,6 +210,16 @@ def make_env(args: Args, num_envs: int, device: torch.device):
     return envs.make_vec(args.env_id, num_envs, args.seed, env_kwargs=extra)
 
 
+def make_agent(args: Args, env):
+    """The actor-critic for ``env`` as ``args`` describe it (the rollout worker builds the same)."""
+    import memory
+    from agents.actor_critic import ActorCritic
+
+    opts = memory.parse_options(args.backbone, list(args.memory_options))
+    backbone = memory.make(args.backbone, args.hidden_size, args.hidden_size, **opts)
+    return ActorCritic(env.single_observation_space, int(env.single_action_space.n), backbone, args.head_size)
+
+
 def run_dir_name(args: Args) -> str:
     env = args.env_id.replace("/", "-").replace(":", "-")
     return f"{env}__{args.backbone}__{args.seed}__{int(time.time())}"
@@ -256,8 +268,6 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
 
     import agents.checkpoint as ckpt_io
     import envs
-    import memory
-    from agents.actor_critic import ActorCritic
     from agents.ppo import NonFiniteError, PPOConfig, ppo_update
     from agents.rollout import RolloutCollector
 
@@ -293,12 +303,20 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
-        backbone = memory.make(args.backbone, args.hidden_size, args.hidden_size, **mem_opts)
+        agent = make_agent(args, env).to(device)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    agent = ActorCritic(env.single_observation_space, int(env.single_action_space.n), backbone, args.head_size).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-    collector = RolloutCollector(env, agent, args.num_steps, bptt_len, device, seed=args.seed)
+    if args.async_rollouts:
+        # The worker builds its own envs (same seeds) and acts on CPU; these were for the spaces.
+        from agents.async_rollout import AsyncCollector
+
+        env.close()
+        env = None
+        collector = AsyncCollector(dataclasses.asdict(args), bptt_len, device)
+    else:
+        collector = RolloutCollector(env, agent, args.num_steps, bptt_len, device, seed=args.seed)
+    pending = None  # async: a rollout received but not trained on yet (restored from a checkpoint)
     cfg = PPOConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)})
     is_minigrid = envs.is_minigrid(args.env_id)
     batch_size = args.num_envs * args.num_steps
@@ -313,8 +331,18 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
         agent.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         update, global_step, elapsed0 = ckpt["update"], ckpt["global_step"], ckpt.get("elapsed", 0.0)
-        collector.load_state_dict({k: _to_device(v, device) for k, v in ckpt["collector"].items()})
-        if ckpt.get("env") is not None:
+        if args.async_rollouts:
+            from agents.async_rollout import _rollout_to
+
+            collector.set_state(ckpt["async"]["worker"])
+            if ckpt["async"]["pending"] is not None:
+                ro, stats = ckpt["async"]["pending"]
+                pending = (_rollout_to(ro, device), stats)
+        else:
+            collector.load_state_dict({k: _to_device(v, device) for k, v in ckpt["collector"].items()})
+        if args.async_rollouts:
+            pass  # the worker's envs were restored with its state
+        elif ckpt.get("env") is not None:
             import cloudpickle
 
             env.close()
@@ -330,17 +358,27 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
         writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     def save_checkpoint() -> None:
-        try:
-            import cloudpickle
+        nonlocal pending
+        async_blob, env_blob, collector_state = None, None, {}
+        if args.async_rollouts:
+            # The rollout in flight is part of the run's state: wait for it and store it (the next
+            # update trains on it either way), with the worker's envs and RNG after it.
+            if collector.in_flight:
+                pending = collector.result()
+            async_blob = {"worker": collector.get_state(), "pending": pending}
+        else:
+            collector_state = collector.state_dict()
+            try:
+                import cloudpickle
 
-            env_blob = cloudpickle.dumps(env)
-        except Exception:  # noqa: BLE001 - an unpicklable env resumes from a reset instead
-            env_blob = None
+                env_blob = cloudpickle.dumps(env)
+            except Exception:  # noqa: BLE001 - an unpicklable env resumes from a reset instead
+                env_blob = None
         ckpt_io.save(run_dir / "checkpoint.pt", {
             "args": dataclasses.asdict(args), "update": update, "global_step": global_step,
             "elapsed": elapsed0 + time.time() - start_time,
             "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "rng": ckpt_io.rng_state(),
-            "collector": collector.state_dict(), "env": env_blob,
+            "collector": collector_state, "env": env_blob, "async": async_blob,
         })
 
     # 4. Signals: finish the current update, checkpoint, exit. A second signal exits at once.
@@ -362,9 +400,20 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
             update += 1
             if args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (update - 1.0) / num_updates)
-            collector.stats.clear()
-            agent.eval()
-            rollout = collector.collect(agent)
+            if args.async_rollouts:
+                if pending is None:
+                    if not collector.in_flight:  # the first rollout of a fresh run
+                        collector.request(agent)
+                    pending = collector.result()
+                rollout, st = pending
+                pending = None
+                if update < num_updates:  # the next rollout, with the parameters this update starts from
+                    collector.request(agent)
+            else:
+                collector.stats.clear()
+                agent.eval()
+                rollout = collector.collect(agent)
+                st = collector.stats
             global_step += batch_size
             agent.train()
             try:
@@ -376,7 +425,6 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
                 raise SystemExit(1) from None
 
             sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)
-            st = collector.stats
             if st.returns:
                 writer.add_scalar("charts/episodic_return", float(np.mean(st.returns)), global_step)
                 writer.add_scalar("charts/episodic_length", float(np.mean(st.lengths)), global_step)
@@ -405,11 +453,13 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
                 return run_dir
             if update % args.checkpoint_every == 0:
                 save_checkpoint()
+        save_checkpoint()
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
+        if args.async_rollouts:
+            collector.close()
 
-    save_checkpoint()
     progress.close()
     result = {
         "env_id": args.env_id, "backbone": args.backbone, "seed": args.seed, "global_step": global_step,
@@ -419,7 +469,8 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
     if args.eval_episodes:
         result.update(evaluate(args, agent, device, bptt_len, writer, global_step))
     writer.close()
-    env.close()
+    if env is not None:
+        env.close()
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     return run_dir
 

@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                       # MiniGrid-MemoryS7-v0, 16 envs x 128 steps
     python benchmarks/throughput.py --backbones lstm gru --updates 5 --threads 1
+    python benchmarks/throughput.py --async-rollouts --contention     # also train.py --async-rollouts
 
 Training env-steps/s = env steps / wall time of (rollout collection + PPO update), measured over
 --updates updates after one warm-up update. Raw = the same 16 envs (same wrappers) stepping with
@@ -98,6 +99,42 @@ def training_rate(args: train.Args, backbone: str, opts: dict, updates: int) -> 
     return {"sps": steps / (t_roll + t_upd), "env": env_time[0], "act": t_roll - env_time[0], "update": t_upd}
 
 
+def async_training_rate(args: train.Args, backbone: str, spec_opts: list[str], updates: int) -> dict[str, float]:
+    """The same measurement with ``--async-rollouts``: a worker process collects rollout u + 1 (with
+    the parameters update u starts from) while the learner runs update u."""
+    import dataclasses
+
+    from agents.async_rollout import AsyncCollector
+
+    torch.manual_seed(0)
+    a = dataclasses.replace(args, backbone=backbone, memory_options=tuple(spec_opts), async_rollouts=True, seed=0)
+    probe = train.make_env(a, 1, torch.device("cpu"))
+    agent = train.make_agent(a, probe)
+    probe.close()
+    opt = torch.optim.Adam(agent.parameters(), lr=a.learning_rate, eps=1e-5)
+    cfg = PPOConfig(num_minibatches=a.num_minibatches, update_epochs=a.update_epochs)
+    L = a.bptt_len or a.num_steps
+    col = AsyncCollector(dataclasses.asdict(a), L, torch.device("cpu"))
+    try:
+        col.request(agent)
+        ro, _ = col.result()
+        t_upd = t_wait = 0.0
+        for i in range(updates + 1):
+            if i == 1:  # the first update warms up allocators and kernels
+                t0, t_upd, t_wait = time.perf_counter(), 0.0, 0.0
+            col.request(agent)
+            t = time.perf_counter()
+            ppo_update(agent, opt, ro, cfg, L)
+            t2 = time.perf_counter()
+            ro, _ = col.result()
+            t_upd += t2 - t
+            t_wait += time.perf_counter() - t2
+        total = time.perf_counter() - t0
+    finally:
+        col.close()
+    return {"sps": updates * a.num_steps * a.num_envs / total, "update": t_upd, "wait": t_wait}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--env-id", default="MiniGrid-MemoryS7-v0")
@@ -105,6 +142,7 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--async-rollouts", action="store_true", help="also measure each backbone with train.py --async-rollouts (worker process, one-update lag)")
     p.add_argument("--contention", action="store_true", help="also measure the raw env rate while a busy process holds another core")
     p.add_argument("--bptt-len", type=int, default=None, help="BPTT chunk length (default: the whole 128-step rollout)")
     args_cli = p.parse_args()
@@ -126,6 +164,14 @@ def main() -> None:
         opts = memory.parse_options(name, [kv for kv in rest.split(",") if kv])
         r = training_rate(args, name, opts, args_cli.updates)
         print(f"| {spec} | {r['sps']:,.0f} | {100 * r['sps'] / raw:.0f}% | {r['env']:.2f} | {r['act']:.2f} | {r['update']:.2f} |", flush=True)
+    if args_cli.async_rollouts:
+        print("\nwith --async-rollouts (rollouts collected in a worker process during the update):\n")
+        print("| backbone | train env-steps/s | % of raw env | update s | learner waiting for rollouts s |")
+        print("|---|---|---|---|---|")
+        for spec in args_cli.backbones:
+            name, _, rest = spec.partition(":")
+            r = async_training_rate(args, name, [kv for kv in rest.split(",") if kv], args_cli.updates)
+            print(f"| {spec} | {r['sps']:,.0f} | {100 * r['sps'] / raw:.0f}% | {r['update']:.2f} | {r['wait']:.2f} |", flush=True)
     raw2 = raw_env_rate(args, 3.0)
     print(f"\nraw env again at the end: {raw2:,.0f} env-steps/s (drift between the two = machine noise)")
 

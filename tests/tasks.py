@@ -66,3 +66,8 @@ def register() -> None:
         gym.register(CUE_RECALL_ID, entry_point=CueRecall)
     if CUE_MATCH_ID not in gym.envs.registry:
         gym.register(CUE_MATCH_ID, entry_point=CueMatch)
+
+
+# Importing the module registers the tasks, so "tests.tasks:memrl_test/CueRecall-v0" works anywhere
+# (a rollout worker process included).
+register()

@@ -14,8 +14,9 @@ tasks.register()
 
 
 def _train(tmp_path, backbone: str, **kw) -> float:
+    kw.setdefault("env_id", tasks.CUE_RECALL_ID)
     args = train.Args(
-        env_id=tasks.CUE_RECALL_ID, backbone=backbone, total_timesteps=24_576, num_envs=16, num_steps=32,
+        backbone=backbone, total_timesteps=24_576, num_envs=16, num_steps=32,
         hidden_size=32, learning_rate=3e-3, num_minibatches=2, runs_dir=str(tmp_path), progress=False, **kw,
     )
     run = train.train(args)
@@ -32,6 +33,12 @@ def test_recurrent_backbones_solve_cue_recall(tmp_path, backbone):
 def test_bptt_chunks_still_learn(tmp_path):
     # Chunks of 8 steps are longer than an episode (6 steps) so the credit path fits in one chunk.
     assert _train(tmp_path, "gru", bptt_len=8) >= 0.9
+
+
+@pytest.mark.slow
+def test_async_rollouts_still_learn(tmp_path):
+    # The rollout worker imports the task's module itself ("module:EnvId").
+    assert _train(tmp_path, "lstm", env_id=f"tests.tasks:{tasks.CUE_RECALL_ID}", async_rollouts=True) >= 0.9
 
 
 @pytest.mark.slow

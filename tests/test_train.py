@@ -67,10 +67,10 @@ def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
 
 
 def _args(tmp_path, name, **kw):
-    return train.Args(
-        env_id="MiniGrid-MemoryS7-v0", total_timesteps=6 * 64, num_envs=4, num_steps=16, hidden_size=16,
-        runs_dir=str(tmp_path), run_name=name, progress=False, checkpoint_every=100, **kw,
-    )
+    return train.Args(**{
+        "env_id": "MiniGrid-MemoryS7-v0", "total_timesteps": 6 * 64, "num_envs": 4, "num_steps": 16, "hidden_size": 16,
+        "runs_dir": str(tmp_path), "run_name": name, "progress": False, "checkpoint_every": 100, **kw,
+    })
 
 
 def _params(run_dir):
@@ -172,3 +172,73 @@ def test_resume_takes_threads_from_the_command_line(tmp_path):
                 on_update=lambda u: seen.setdefault("threads", torch.get_num_threads()) and False)
     assert seen["threads"] == 1
     assert json.loads((part / "config.json").read_text())["torch_threads"] == 2
+
+
+# ------------------------------------------------------------------------------ --async-rollouts
+
+
+def test_async_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    """The rollout in flight and the worker's envs and RNG are part of the checkpoint: resuming
+    (and checkpointing mid-run) changes nothing."""
+    full = train.train(_args(tmp_path, "full", async_rollouts=True))
+    ckpts = train.train(_args(tmp_path, "ckpts", async_rollouts=True, checkpoint_every=2))
+    part = train.train(_args(tmp_path, "part", async_rollouts=True), on_update=lambda u: u == 3)
+    ck = torch.load(part / "checkpoint.pt", weights_only=False)
+    assert ck["update"] == 3 and ck["async"]["pending"] is not None
+    resumed = train.train(train.Args(resume=str(part), progress=False))
+    a = _params(full)
+    for other in (_params(ckpts), _params(resumed)):
+        for k in a:
+            torch.testing.assert_close(a[k], other[k], rtol=0, atol=0, msg=k)
+    assert json.loads((part / "result.json").read_text())["global_step"] == 6 * 64
+
+
+def test_async_rollouts_lag_the_policy_by_exactly_one_update(tmp_path):
+    """Rebuild the async schedule in one process: rollouts 1 and 2 with theta_0, rollout u + 1 with
+    theta_{u-1}; the worker's RNG (action sampling) and the learner's (minibatch order) kept apart.
+    The async run ends with exactly these parameters."""
+    import numpy as np
+
+    from agents.ppo import PPOConfig, ppo_update
+    from agents.rollout import RolloutCollector
+
+    args = _args(tmp_path, "async", async_rollouts=True)
+    run = train.train(args)
+    cpu = torch.device("cpu")
+    # The worker's side, as agents/async_rollout.py builds it.
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    env = train.make_env(args, args.num_envs, cpu)
+    actor = train.make_agent(args, env).eval()
+    collector = RolloutCollector(env, actor, args.num_steps, args.num_steps, cpu, seed=args.seed)
+    worker_rng = torch.get_rng_state()
+    # The learner's side, as train.py builds it.
+    torch.manual_seed(args.seed)
+    agent = train.make_agent(args, env)
+    opt = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    learner_rng = torch.get_rng_state()
+    cfg = PPOConfig(**{f: getattr(args, f) for f in PPOConfig.__dataclass_fields__})
+    n = args.total_timesteps // (args.num_envs * args.num_steps)
+
+    def collect(params):
+        nonlocal worker_rng
+        actor.load_state_dict(params)
+        torch.set_rng_state(worker_rng)
+        ro = collector.collect(actor)
+        worker_rng = torch.get_rng_state()
+        return ro
+
+    snapshot = lambda: {k: v.clone() for k, v in agent.state_dict().items()}  # noqa: E731
+    rollout = collect(snapshot())
+    for u in range(1, n + 1):
+        behaviour = snapshot()  # theta_{u-1}: what the next rollout is collected with
+        opt.param_groups[0]["lr"] = args.learning_rate * (1.0 - (u - 1.0) / n)
+        torch.set_rng_state(learner_rng)
+        ppo_update(agent, opt, rollout, cfg, args.num_steps, update_index=u)
+        learner_rng = torch.get_rng_state()
+        if u < n:
+            rollout = collect(behaviour)
+    env.close()
+    got = _params(run)
+    for k, v in agent.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=k)
