@@ -331,24 +331,22 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
         agent.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         update, global_step, elapsed0 = ckpt["update"], ckpt["global_step"], ckpt.get("elapsed", 0.0)
-        if args.async_rollouts:
-            from agents.async_rollout import _rollout_to
+        if args.async_rollouts:  # the worker's envs, collector and RNG, and the rollout in flight
+            from agents.async_rollout import rollout_to
 
             collector.set_state(ckpt["async"]["worker"])
             if ckpt["async"]["pending"] is not None:
                 ro, stats = ckpt["async"]["pending"]
-                pending = (_rollout_to(ro, device), stats)
+                pending = (rollout_to(ro, device), stats)
         else:
             collector.load_state_dict({k: _to_device(v, device) for k, v in ckpt["collector"].items()})
-        if args.async_rollouts:
-            pass  # the worker's envs were restored with its state
-        elif ckpt.get("env") is not None:
-            import cloudpickle
+            if ckpt.get("env") is not None:
+                import cloudpickle
 
-            env.close()
-            env = collector.env = cloudpickle.loads(ckpt["env"])
-        else:
-            print("note: this checkpoint holds no env state; envs restart from a reset", file=sys.stderr)
+                env.close()
+                env = collector.env = cloudpickle.loads(ckpt["env"])
+            else:
+                print("note: this checkpoint holds no env state; envs restart from a reset", file=sys.stderr)
         ckpt_io.set_rng_state(ckpt["rng"])
     # Events after the checkpoint are from work that is about to be redone: drop them (the
     # checkpointed update's own scalars, logged just before it was saved, stay).

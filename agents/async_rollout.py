@@ -115,7 +115,7 @@ class AsyncCollector:
             raise RuntimeError("no rollout was requested")
         ro, stats = self._expect("rollout")
         self.in_flight = False
-        return _rollout_to(ro, self.device), stats
+        return rollout_to(ro, self.device), stats
 
     def get_state(self) -> dict:
         """The worker's envs, collector and RNG states (no rollout may be in flight)."""
@@ -143,7 +143,8 @@ class AsyncCollector:
             self.proc.kill()
 
 
-def _rollout_to(ro: Rollout, device: torch.device) -> Rollout:
+def rollout_to(ro: Rollout, device: torch.device) -> Rollout:
+    """The rollout with every tensor on ``device`` (the worker collects on CPU)."""
     def move(x):
         if isinstance(x, dict):
             return {k: move(v) for k, v in x.items()}

@@ -66,7 +66,7 @@ class _Recurrent(Memory):
                 getattr(self.rnn, f"bias_ih_l{layer}")[keep_slice] = remember_bias
 
     def _loop_first(self, x: Tensor) -> bool:
-        """Whether ``auto`` takes the step loop whatever the resets (GRU on CPU, see there)."""
+        """Whether ``auto`` takes the step loop whatever the resets (see LSTM and GRU)."""
         return False
 
     def _n_state(self) -> int:
