@@ -284,7 +284,7 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
         runtime = {k: getattr(args, k) for k in RUNTIME_FIELDS}
         # Checkpoints written before --head-size existed had linear heads.
         args = Args(**{"head_size": 0, **ckpt["args"], **runtime, "resume": str(run_dir)})
-    mem_opts, bptt_len = validate(args)
+    _, bptt_len = validate(args)  # make_agent parses the memory options again
     if ckpt is None:
         run_dir = Path(args.runs_dir) / (args.run_name or run_dir_name(args))
         if run_dir.exists():

@@ -8,8 +8,8 @@ Training env-steps/s = env steps / wall time of (rollout collection + PPO update
 --updates updates after one warm-up update. Raw = the same 16 envs (same wrappers) stepping with
 random actions. Also prints where the time goes (env, acting, update). --contention also measures
 the raw env rate while a busy-looping process holds another core: on the project's 2-core
-machines it drops to ~70% (any second process slows the first), which caps what overlapping env
-stepping with learning in a second process could gain.
+machines it has ranged from 68% to 99% of the rate alone, depending on the host's load, and it
+caps what --async-rollouts (env stepping beside learning, in a second process) can gain.
 """
 
 from __future__ import annotations
