@@ -40,6 +40,12 @@ class Args:
     """width of the observation embedding and of the memory output"""
     head_size: int = 0
     """width of a hidden layer (Linear+ReLU, shared by policy and value) after the memory; 0: linear heads as CleanRL"""
+    branch_size: int = 0
+    """width of a separate hidden layer (Linear+ReLU) for the policy and one for the value, after the head; 0: none"""
+    relu_memory: bool = False
+    """apply a ReLU to the memory output (before the head), as the public LSTM PPO baseline does"""
+    actor_init_gain: float = 0.01
+    """orthogonal-init gain of the policy's output layer (CleanRL: 0.01, a near-uniform first policy; the public LSTM PPO baseline: sqrt(2))"""
     seed: int = 1
     """seed of torch, numpy, python and the envs (env i gets seed + i)"""
     total_timesteps: int = 250_000
@@ -154,6 +160,10 @@ def validate(args: Args) -> tuple[dict, int]:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.head_size < 0:
         raise UsageError(f"--head-size must be >= 0 (0: linear heads), got {args.head_size}")
+    if args.branch_size < 0:
+        raise UsageError(f"--branch-size must be >= 0 (0: no branch layers), got {args.branch_size}")
+    if not args.actor_init_gain > 0:
+        raise UsageError(f"--actor-init-gain must be > 0, got {args.actor_init_gain}")
     if args.eval_episodes < 0:
         raise UsageError(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
     if args.backbone not in memory.names():
@@ -217,7 +227,10 @@ def make_agent(args: Args, env):
 
     opts = memory.parse_options(args.backbone, list(args.memory_options))
     backbone = memory.make(args.backbone, args.hidden_size, args.hidden_size, **opts)
-    return ActorCritic(env.single_observation_space, int(env.single_action_space.n), backbone, args.head_size)
+    return ActorCritic(
+        env.single_observation_space, int(env.single_action_space.n), backbone, args.head_size,
+        branch_size=args.branch_size, relu_memory=args.relu_memory, actor_init_gain=args.actor_init_gain,
+    )
 
 
 def run_dir_name(args: Args) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
@@ -27,14 +28,27 @@ class ActorCritic(nn.Module):
     gates in one step: on the CueMatch test task an lstm stays at chance with linear heads and
     solves it with a 64-unit head (tests/test_learning.py).
 
+    branch_size > 0 gives the policy and the value each their own hidden layer (Linear+ReLU) after
+    that; relu_memory puts a ReLU on the memory output; actor_init_gain scales the orthogonal init
+    of the policy's output layer (CleanRL: 0.01, a near-uniform first policy). Together they give
+    the architecture of the public recurrent PPO baseline of REFERENCES.md (memory -> ReLU -> 512
+    -> two 512 branches, output gain sqrt(2)); see the README's MiniGrid section.
+
     ``step`` serves acting (one step of a batch of envs); ``forward_sequence`` serves learning
     (whole [T, B] sequences from a stored start state). Both run the same memory forward, so the
     update recomputes exactly what acting computed."""
 
-    def __init__(self, obs_space: spaces.Space, num_actions: int, memory: Memory, head_size: int = 0):
+    def __init__(
+        self, obs_space: spaces.Space, num_actions: int, memory: Memory, head_size: int = 0,
+        branch_size: int = 0, relu_memory: bool = False, actor_init_gain: float = 0.01,
+    ):
         super().__init__()
         if head_size < 0:
             raise ValueError(f"head size must be >= 0 (0: linear heads), got {head_size}")
+        if branch_size < 0:
+            raise ValueError(f"branch size must be >= 0 (0: no branch layers), got {branch_size}")
+        if not actor_init_gain > 0:
+            raise ValueError(f"actor init gain must be > 0, got {actor_init_gain}")
         self.encoder = make_encoder(obs_space)
         self.embed = nn.Sequential(layer_init(nn.Linear(self.encoder.size, memory.input_size)), nn.ReLU())
         self.memory = memory
@@ -44,8 +58,9 @@ class ActorCritic(nn.Module):
         else:
             self.head = nn.Identity()
             width = memory.output_size
-        self.actor = layer_init(nn.Linear(width, num_actions), std=0.01)
-        self.critic = layer_init(nn.Linear(width, 1), std=1.0)
+        self.relu_memory = relu_memory
+        self.actor = _branch(width, branch_size, num_actions, actor_init_gain)
+        self.critic = _branch(width, branch_size, 1, 1.0)
 
     def initial_state(self, batch_size: int, device=None) -> State:
         return self.memory.initial_state(batch_size, device)
@@ -58,13 +73,24 @@ class ActorCritic(nn.Module):
         """obs [T, B, ...], reset bool [T, B] -> logits [T, B, A], value [T, B], final state."""
         T, B = reset.shape
         y, state = self.memory(self._features(obs, (T, B)), state, reset)
-        y = self.head(y)
+        y = self.head_features(y)
         return self.actor(y), self.critic(y).squeeze(-1), state
+
+    def head_features(self, y: Tensor) -> Tensor:
+        """Memory output -> what the policy and value layers read."""
+        return self.head(torch.relu(y) if self.relu_memory else y)
 
     def step(self, obs, state: State, reset: Tensor) -> tuple[Tensor, Tensor, State]:
         """obs [B, ...], reset bool [B] -> logits [B, A], value [B], next state."""
         logits, value, state = self.forward_sequence(_unsqueeze_obs(obs), state, reset.unsqueeze(0))
         return logits[0], value[0], state
+
+
+def _branch(width: int, branch_size: int, out: int, gain: float) -> nn.Module:
+    """[Linear(width, branch_size) + ReLU ->] Linear(., out) with output init gain ``gain``."""
+    if not branch_size:
+        return layer_init(nn.Linear(width, out), std=gain)
+    return nn.Sequential(layer_init(nn.Linear(width, branch_size)), nn.ReLU(), layer_init(nn.Linear(branch_size, out), std=gain))
 
 
 def _flatten_obs(obs, n_lead: int):

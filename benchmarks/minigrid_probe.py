@@ -29,7 +29,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import memory  # noqa: E402
 import train  # noqa: E402
 from agents.actor_critic import ActorCritic  # noqa: E402
 from agents.encoders import obs_to_tensor  # noqa: E402
@@ -40,9 +39,7 @@ def load_agent(run_dir: Path) -> tuple[train.Args, ActorCritic]:
     known = {f for f in train.Args.__dataclass_fields__}
     args = train.Args(**{"head_size": 0, **{k: v for k, v in ckpt["args"].items() if k in known}})
     env = train.make_env(args, 1, torch.device("cpu"))
-    opts = memory.parse_options(args.backbone, list(args.memory_options))
-    backbone = memory.make(args.backbone, args.hidden_size, args.hidden_size, **opts)
-    agent = ActorCritic(env.single_observation_space, int(env.single_action_space.n), backbone, args.head_size)
+    agent = train.make_agent(args, env)
     agent.load_state_dict(ckpt["model"])
     env.close()
     return args, agent.eval()
@@ -64,7 +61,7 @@ def play(args: train.Args, agent: ActorCritic, episodes: int, seed: int, max_ste
             for _ in range(max_steps):
                 x = agent._features(obs_to_tensor(obs, "cpu")[None], (1, 1))
                 y, state = agent.memory(x, state, reset)
-                h = agent.head(y)
+                h = agent.head_features(y)
                 logits = agent.actor(h)[0, 0]
                 end_column = u.agent_pos[0] == u.success_pos[0]
                 if not decided and end_column and u.agent_dir in (1, 3):  # facing down / up

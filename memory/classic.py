@@ -42,21 +42,27 @@ class _Recurrent(Memory):
 
     cell_cls: type[nn.RNNBase]
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto", remember_bias: float = 0.0):
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto",
+        remember_bias: float = 0.0, init_gain: float = 1.0,
+    ):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not init_gain > 0:
+            raise ValueError(f"init_gain must be > 0, got {init_gain}")
         if impl not in ("auto", "fused", "packed", "loop"):
             raise ValueError(f"impl must be one of auto, fused, packed, loop; got {impl!r}")
         self.input_size, self.output_size = input_size, hidden_size
         self.hidden_size, self.num_layers, self.impl = hidden_size, num_layers, impl
         self.rnn = self.cell_cls(input_size, hidden_size, num_layers=num_layers)
-        # CleanRL's recurrent PPO details: orthogonal recurrent/input weights, zero biases.
+        # CleanRL's recurrent PPO details: orthogonal recurrent/input weights (gain 1; the public
+        # baseline of REFERENCES.md uses sqrt(2): init_gain), zero biases.
         for name, p in self.rnn.named_parameters():
             if "bias" in name:
                 nn.init.zeros_(p)
             else:
-                nn.init.orthogonal_(p, 1.0)
+                nn.init.orthogonal_(p, init_gain)
         # A positive bias on the gate that keeps the state (LSTM: forget gate; GRU: update gate)
         # makes the fresh network remember across steps instead of halving its state every step.
         H = hidden_size
@@ -222,15 +228,21 @@ _VARIANTS = [{"impl": "fused"}, {"impl": "packed"}, {"impl": "loop"}, {"num_laye
 
 
 @register("lstm", test_variants=_VARIANTS)
-def make_lstm(input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto", remember_bias: float = 0.0) -> Memory:
+def make_lstm(
+    input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto", remember_bias: float = 0.0,
+    init_gain: float = 1.0,
+) -> Memory:
     """LSTM (torch's fused kernel between resets, or a step loop when resets are frequent)."""
-    return LSTM(input_size, hidden_size, num_layers, impl, remember_bias)
+    return LSTM(input_size, hidden_size, num_layers, impl, remember_bias, init_gain)
 
 
 @register("gru", test_variants=_VARIANTS)
-def make_gru(input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto", remember_bias: float = 0.0) -> Memory:
+def make_gru(
+    input_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto", remember_bias: float = 0.0,
+    init_gain: float = 1.0,
+) -> Memory:
     """GRU (torch's fused kernel between resets, or a step loop when resets are frequent)."""
-    return GRU(input_size, hidden_size, num_layers, impl, remember_bias)
+    return GRU(input_size, hidden_size, num_layers, impl, remember_bias, init_gain)
 
 
 @register("mlp")

@@ -199,6 +199,19 @@ def test_classic_loop_equals_fused_kernel(name, num_layers, impl, reset_p):
         _close(a, b)
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_init_gain_scales_the_orthogonal_weights(name):
+    """Orthogonal init with gain g: every weight matrix has all singular values equal to g."""
+    for gain in (1.0, 2.0**0.5):
+        m = memory.make(name, 5, 8, num_layers=2, init_gain=gain)
+        for pname, p in m.rnn.named_parameters():
+            if pname.startswith("weight"):
+                sv = torch.linalg.svdvals(p.detach())
+                torch.testing.assert_close(sv, torch.full_like(sv, gain), atol=1e-5, rtol=1e-5)
+            else:
+                assert torch.all(p == 0), pname
+
+
 @pytest.mark.parametrize("name,gates", [("lstm", 4), ("gru", 3)])
 def test_remember_bias_sets_only_the_keep_gate(name, gates):
     m = memory.make(name, 5, 8, num_layers=2, remember_bias=2.0)

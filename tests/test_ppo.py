@@ -247,3 +247,41 @@ def test_update_recomputes_exactly_what_acting_computed(backbone):
             # float32 paths differ (recurrent step vs chunkwise, Newton-Schulz): ~1e-5 apart.
             torch.testing.assert_close(new_logp, logp[:, mb], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(v, values[:, mb], atol=1e-4, rtol=1e-4)
+
+
+def test_branches_relu_memory_and_actor_gain():
+    """branch_size gives policy and value their own Linear+ReLU layer after the shared head;
+    relu_memory applies a ReLU to the memory output before the head; actor_init_gain sets the
+    singular values of the policy's output layer. The defaults keep CleanRL's layout and the
+    state-dict names of earlier checkpoints."""
+    space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    torch.manual_seed(0)
+    plain = ActorCritic(space, 3, memory.make("lstm", 6, 6), head_size=8)
+    assert {k for k in plain.state_dict() if k.startswith(("actor", "critic"))} == {
+        "actor.weight", "actor.bias", "critic.weight", "critic.bias"}
+    torch.testing.assert_close(torch.linalg.svdvals(plain.actor.weight.detach()), torch.full((3,), 0.01))
+
+    agent = ActorCritic(space, 3, memory.make("lstm", 6, 6), head_size=8, branch_size=5, relu_memory=True, actor_init_gain=2.0)
+    assert [type(m) for m in agent.actor] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert agent.actor[0].out_features == agent.critic[0].out_features == 5
+    assert agent.actor[2].out_features == 3 and agent.critic[2].out_features == 1
+    torch.testing.assert_close(torch.linalg.svdvals(agent.actor[2].weight.detach()), torch.full((3,), 2.0))
+    torch.testing.assert_close(torch.linalg.svdvals(agent.critic[2].weight.detach()), torch.ones(1))
+
+    T, B = 5, 3
+    obs, reset = torch.randn(T, B, 4), torch.zeros(T, B, dtype=torch.bool)
+    state = agent.initial_state(B)
+    with torch.no_grad():
+        logits, value, _ = agent.forward_sequence(obs, state, reset)
+        y, _ = agent.memory(agent._features(obs, (T, B)), state, reset)
+        assert (y < 0).any(), "the check below needs negative memory outputs"
+        h = agent.head(torch.relu(y))
+        torch.testing.assert_close(logits, agent.actor(h))
+        torch.testing.assert_close(value, agent.critic(h).squeeze(-1))
+        assert not torch.allclose(logits, agent.actor(agent.head(y)))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"branch_size": -1}, "branch size"), ({"actor_init_gain": 0.0}, "actor init gain")])
+def test_actor_critic_rejects_bad_sizes(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ActorCritic(spaces.Box(-1.0, 1.0, (4,), np.float32), 3, memory.make("lstm", 6, 6), **kwargs)

@@ -32,9 +32,12 @@ def _main(argv, capsys):
         (["--backbone", "transformer"], "unknown backbone 'transformer'; choose one of: .*gru.*lstm.*mlp"),
         (["--num-steps", "16", "--bptt-len", "5"], r"--num-steps \(16\) must be a multiple of --bptt-len \(5\)"),
         (["--num-minibatches", "99"], "exceeds the number of sequences"),
-        (["--memory-options", "bogus=1"], "has no option 'bogus'; its options are: num_layers, impl, remember_bias"),
+        (["--memory-options", "bogus=1"], "has no option 'bogus'; its options are: num_layers, impl, remember_bias, init_gain"),
+        (["--memory-options", "init_gain=0"], "init_gain must be > 0"),
         (["--num-envs", "0"], "--num-envs must be >= 1"),
         (["--head-size", "-1"], "--head-size must be >= 0"),
+        (["--branch-size", "-2"], "--branch-size must be >= 0"),
+        (["--actor-init-gain", "0"], "--actor-init-gain must be > 0"),
         (["--env-id", "MiniGrid-MemoryS7-v0", "--view-size", "4"], "odd and >= 3"),
     ],
 )
