@@ -233,6 +233,16 @@ def make_agent(args: Args, env):
     )
 
 
+def make_optimizer(args: Args, agent: torch.nn.Module, fused: bool | None = None) -> torch.optim.Adam:
+    """Adam with CleanRL's eps. ``fused`` (default: on CPU and CUDA) updates every parameter in one
+    kernel: a PPO update of lstm on MiniGrid-MemoryS7 (16 x 128 steps, 4 x 4 minibatches) spends
+    about 12% of its time in the foreach Adam step on CPU; the fused step matches it to float
+    rounding (1 ulp after 50 steps)."""
+    if fused is None:
+        fused = all(p.device.type in ("cpu", "cuda") for p in agent.parameters())
+    return torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=fused or None)
+
+
 def run_dir_name(args: Args) -> str:
     env = args.env_id.replace("/", "-").replace(":", "-")
     return f"{env}__{args.backbone}__{args.seed}__{int(time.time())}"
@@ -319,7 +329,7 @@ def train(args: Args, on_update: Callable[[int], bool] | None = None) -> Path:
         agent = make_agent(args, env).to(device)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = make_optimizer(args, agent)
     if args.async_rollouts:
         # The worker builds its own envs (same seeds) and acts on CPU; these were for the spaces.
         from agents.async_rollout import AsyncCollector

@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                       # MiniGrid-MemoryS7-v0, 16 envs x 128 steps
     python benchmarks/throughput.py --backbones lstm gru --updates 5 --threads 1
     python benchmarks/throughput.py --async-rollouts --contention     # also train.py --async-rollouts
+    python benchmarks/throughput.py --backbones lstm --adam fused foreach   # the optimizer's share
 
 Training env-steps/s = env steps / wall time of (rollout collection + PPO update), measured over
 --updates updates after one warm-up update. Raw = the same 16 envs (same wrappers) stepping with
@@ -60,13 +61,13 @@ def contended_env_rate(args: train.Args, seconds: float) -> float:
         spin.wait()
 
 
-def training_rate(args: train.Args, backbone: str, opts: dict, updates: int) -> dict[str, float]:
+def training_rate(args: train.Args, backbone: str, opts: dict, updates: int, fused: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
     device = torch.device("cpu")
     env = train.make_env(args, args.num_envs, device)
     agent = ActorCritic(env.single_observation_space, int(env.single_action_space.n),
                         memory.make(backbone, args.hidden_size, args.hidden_size, **opts))
-    opt = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    opt = train.make_optimizer(args, agent, fused)
     L = args.bptt_len or args.num_steps
     col = RolloutCollector(env, agent, args.num_steps, L, device, seed=0)
     cfg = PPOConfig(num_minibatches=args.num_minibatches, update_epochs=args.update_epochs)
@@ -99,7 +100,7 @@ def training_rate(args: train.Args, backbone: str, opts: dict, updates: int) -> 
     return {"sps": steps / (t_roll + t_upd), "env": env_time[0], "act": t_roll - env_time[0], "update": t_upd}
 
 
-def async_training_rate(args: train.Args, backbone: str, spec_opts: list[str], updates: int) -> dict[str, float]:
+def async_training_rate(args: train.Args, backbone: str, spec_opts: list[str], updates: int, fused: bool = True) -> dict[str, float]:
     """The same measurement with ``--async-rollouts``: a worker process collects rollout u + 1 (with
     the parameters update u starts from) while the learner runs update u."""
     import dataclasses
@@ -111,7 +112,7 @@ def async_training_rate(args: train.Args, backbone: str, spec_opts: list[str], u
     probe = train.make_env(a, 1, torch.device("cpu"))
     agent = train.make_agent(a, probe)
     probe.close()
-    opt = torch.optim.Adam(agent.parameters(), lr=a.learning_rate, eps=1e-5)
+    opt = train.make_optimizer(a, agent, fused)
     cfg = PPOConfig(num_minibatches=a.num_minibatches, update_epochs=a.update_epochs)
     L = a.bptt_len or a.num_steps
     col = AsyncCollector(dataclasses.asdict(a), L, torch.device("cpu"))
@@ -145,6 +146,8 @@ def main() -> None:
     p.add_argument("--async-rollouts", action="store_true", help="also measure each backbone with train.py --async-rollouts (worker process, one-update lag)")
     p.add_argument("--contention", action="store_true", help="also measure the raw env rate while a busy process holds another core")
     p.add_argument("--bptt-len", type=int, default=None, help="BPTT chunk length (default: the whole 128-step rollout)")
+    p.add_argument("--adam", nargs="+", choices=["fused", "foreach"], default=["fused"],
+                   help="Adam implementation(s) to measure each backbone with (train.py uses fused on CPU/CUDA)")
     args_cli = p.parse_args()
     torch.set_num_threads(args_cli.threads)
     args = train.Args(env_id=args_cli.env_id, num_envs=16, num_steps=128, update_epochs=4, hidden_size=args_cli.hidden_size,
@@ -159,19 +162,24 @@ def main() -> None:
     print()
     print("| backbone | train env-steps/s | % of raw env | env s | acting s | update s |")
     print("|---|---|---|---|---|---|")
-    for spec in args_cli.backbones:
+    runs = [(spec, adam) for spec in args_cli.backbones for adam in args_cli.adam]
+
+    def label(spec: str, adam: str) -> str:
+        return spec if len(args_cli.adam) == 1 else f"{spec} ({adam} Adam)"
+
+    for spec, adam in runs:
         name, _, rest = spec.partition(":")
         opts = memory.parse_options(name, [kv for kv in rest.split(",") if kv])
-        r = training_rate(args, name, opts, args_cli.updates)
-        print(f"| {spec} | {r['sps']:,.0f} | {100 * r['sps'] / raw:.0f}% | {r['env']:.2f} | {r['act']:.2f} | {r['update']:.2f} |", flush=True)
+        r = training_rate(args, name, opts, args_cli.updates, adam == "fused")
+        print(f"| {label(spec, adam)} | {r['sps']:,.0f} | {100 * r['sps'] / raw:.0f}% | {r['env']:.2f} | {r['act']:.2f} | {r['update']:.2f} |", flush=True)
     if args_cli.async_rollouts:
         print("\nwith --async-rollouts (rollouts collected in a worker process during the update):\n")
         print("| backbone | train env-steps/s | % of raw env | update s | learner waiting for rollouts s |")
         print("|---|---|---|---|---|")
-        for spec in args_cli.backbones:
+        for spec, adam in runs:
             name, _, rest = spec.partition(":")
-            r = async_training_rate(args, name, [kv for kv in rest.split(",") if kv], args_cli.updates)
-            print(f"| {spec} | {r['sps']:,.0f} | {100 * r['sps'] / raw:.0f}% | {r['update']:.2f} | {r['wait']:.2f} |", flush=True)
+            r = async_training_rate(args, name, [kv for kv in rest.split(",") if kv], args_cli.updates, adam == "fused")
+            print(f"| {label(spec, adam)} | {r['sps']:,.0f} | {100 * r['sps'] / raw:.0f}% | {r['update']:.2f} | {r['wait']:.2f} |", flush=True)
     raw2 = raw_env_rate(args, 3.0)
     print(f"\nraw env again at the end: {raw2:,.0f} env-steps/s (drift between the two = machine noise)")
 

@@ -218,7 +218,7 @@ def test_async_rollouts_lag_the_policy_by_exactly_one_update(tmp_path):
     # The learner's side, as train.py builds it.
     torch.manual_seed(args.seed)
     agent = train.make_agent(args, env)
-    opt = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    opt = train.make_optimizer(args, agent)
     learner_rng = torch.get_rng_state()
     cfg = PPOConfig(**{f: getattr(args, f) for f in PPOConfig.__dataclass_fields__})
     n = args.total_timesteps // (args.num_envs * args.num_steps)
