@@ -4,7 +4,10 @@
 
 Plays --episodes episodes (sampled actions, fresh seeds) with the run's checkpoint and reports:
 
-- success by case: the cue (the start-room object) x the side of its match at the end;
+- success by case: the cue (the start-room object) x the side of its match at the end; success by
+  start column (MiniGrid starts the agent facing the hallway in a random column; from column 1 the
+  cue is in view at once, from the others the agent must turn back to see it) and how often the cue
+  came into view at all;
 - at the decision (the agent at the end of the hallway facing one of the two objects, the first
   time in an episode): P(forward) when that object matches the cue and when it does not;
 - linear probes (logistic regression fit on half the decisions, accuracy on the other half) for
@@ -55,10 +58,12 @@ def play(args: train.Args, agent: ActorCritic, episodes: int, seed: int, max_ste
         u = env.envs[0].unwrapped
         cue = type(u.grid.get(1, u.height // 2 - 1)).__name__
         side = "up" if u.success_pos[1] < u.height // 2 else "down"
+        start, saw = int(u.agent_pos[0]), False
         state, reset = agent.initial_state(1), torch.ones(1, 1, dtype=torch.bool)
         ret, decided = 0.0, False
         with torch.no_grad():
             for _ in range(max_steps):
+                saw = saw or u.agent_sees(1, u.height // 2 - 1)
                 x = agent._features(obs_to_tensor(obs, "cpu")[None], (1, 1))
                 y, state = agent.memory(x, state, reset)
                 h = agent.head_features(y)
@@ -77,7 +82,7 @@ def play(args: train.Args, agent: ActorCritic, episodes: int, seed: int, max_ste
                 reset = torch.zeros(1, 1, dtype=torch.bool)
                 if term[0] or trunc[0]:
                     break
-        cases.append((cue, side, ret > 0))
+        cases.append((cue, side, ret > 0, start, saw))
     env.close()
     return {"cases": cases, "feats": np.array(feats), "labels": np.array(labels, dtype=np.float64)}
 
@@ -107,11 +112,15 @@ def linear_probe(x: np.ndarray, y: np.ndarray) -> float:
 
 def report(args: train.Args, agent: ActorCritic, data: dict) -> dict:
     cases = data["cases"]
-    out: dict = {"episodes": len(cases), "success": float(np.mean([s for *_, s in cases]))}
+    out: dict = {"episodes": len(cases), "success": float(np.mean([s for _, _, s, _, _ in cases]))}
     for cue in ("Ball", "Key"):
         for side in ("up", "down"):
-            sel = [s for c, sd, s in cases if c == cue and sd == side]
+            sel = [s for c, sd, s, _, _ in cases if c == cue and sd == side]
             out[f"success cue={cue} match={side}"] = float(np.mean(sel)) if sel else float("nan")
+    for start in sorted({x for *_, x, _ in cases}):
+        sel = [(s, seen) for _, _, s, x, seen in cases if x == start]
+        out[f"success start column {start}"] = float(np.mean([s for s, _ in sel]))
+    out["saw the cue"] = float(np.mean([seen for *_, seen in cases]))
     f, lab = data["feats"], data["labels"]
     out["decisions"] = len(f)
     if len(f):

@@ -33,8 +33,13 @@ def _tiny_run(tmp_path, head_size: int) -> Path:
 def test_report_on_a_run(tmp_path, capsys):
     run = _tiny_run(tmp_path, head_size=8)
     args, agent = mp.load_agent(run)
-    data = mp.play(args, agent, episodes=12, seed=5)
-    assert len(data["cases"]) == 12
+    data = mp.play(args, agent, episodes=40, seed=5)
+    assert len(data["cases"]) == 40
+    # MiniGrid starts the agent facing east in columns 1..width-3; from column 1 the cue (the
+    # start-room object in column 1) is in its 3x3 view at once.
+    starts = {x for *_, x, _ in data["cases"]}
+    assert starts <= set(range(1, 5)) and 1 in starts, starts
+    assert all(seen for *_, x, seen in data["cases"] if x == 1)
     # Labels come from the layout: "match" is exactly (cue == object in front).
     lab = data["labels"]
     if len(lab):
@@ -43,7 +48,7 @@ def test_report_on_a_run(tmp_path, capsys):
     assert mp.main([str(run), "--episodes", "12", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["episodes"] == 12 and 0.0 <= out["success"] <= 1.0
-    assert "success cue=Key match=up" in out
+    assert "success cue=Key match=up" in out and "success start column 1" in out and 0 <= out["saw the cue"] <= 1
 
 
 def test_refuses_a_missing_run_and_a_non_minigrid_run(tmp_path, capsys):
