@@ -40,6 +40,8 @@ class Args:
     """width of the observation embedding and of the memory output"""
     head_size: int = 0
     """width of a hidden layer (Linear+ReLU, shared by policy and value) after the memory; 0: linear heads as CleanRL"""
+    obs_encoder: Literal["onehot", "cells"] = "onehot"
+    """observation encoder: onehot (ids one-hot, Box flattened; any env) or cells (MiniGrid only: a shared embedding per view cell, flattened and summed over the view; see agents/encoders.py)"""
     branch_size: int = 0
     """width of a separate hidden layer (Linear+ReLU) for the policy and one for the value, after the head; 0: none"""
     relu_memory: bool = False
@@ -230,6 +232,7 @@ def make_agent(args: Args, env):
     return ActorCritic(
         env.single_observation_space, int(env.single_action_space.n), backbone, args.head_size,
         branch_size=args.branch_size, relu_memory=args.relu_memory, actor_init_gain=args.actor_init_gain,
+        obs_encoder=args.obs_encoder,
     )
 
 

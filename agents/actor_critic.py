@@ -41,6 +41,7 @@ class ActorCritic(nn.Module):
     def __init__(
         self, obs_space: spaces.Space, num_actions: int, memory: Memory, head_size: int = 0,
         branch_size: int = 0, relu_memory: bool = False, actor_init_gain: float = 0.01,
+        obs_encoder: str = "onehot",
     ):
         super().__init__()
         if head_size < 0:
@@ -49,7 +50,7 @@ class ActorCritic(nn.Module):
             raise ValueError(f"branch size must be >= 0 (0: no branch layers), got {branch_size}")
         if not actor_init_gain > 0:
             raise ValueError(f"actor init gain must be > 0, got {actor_init_gain}")
-        self.encoder = make_encoder(obs_space)
+        self.encoder = make_encoder(obs_space, obs_encoder)
         self.embed = nn.Sequential(layer_init(nn.Linear(self.encoder.size, memory.input_size)), nn.ReLU())
         self.memory = memory
         if head_size:

@@ -50,8 +50,55 @@ class DictEncoder(nn.Module):
         return torch.cat([self.parts[k](obs[k]) for k in self.keys], dim=1)
 
 
-def make_encoder(space: spaces.Space) -> nn.Module:
-    """An encoder module with a ``size`` attribute (its output width) for ``space``."""
+class GridCells(nn.Module):
+    """MiniGrid's compact observation (envs/minigrid_wrappers.py: V*V cells of (object, colour,
+    state) ids, then the direction) -> [each cell's embedding, flattened | their mean over the
+    cells | direction one-hot].
+
+    A cell's embedding is the sum of an object, a colour and a state embedding shared by every cell
+    (BabyAI's bag-of-words cell encoding). The flattened part keeps where things are; the mean says
+    what is in view wherever it is, so an object seen in one cell of the view and later in another
+    gives the memory the same features (with one-hot ids, "ball in the left cell" and "ball ahead"
+    are unrelated inputs whose weights are learned separately)."""
+
+    FIELDS = (11, 6, 3)  # object, colour, state ids (minigrid.core.constants)
+
+    def __init__(self, nvec: np.ndarray, dim: int = 16):
+        super().__init__()
+        nvec = np.asarray(nvec).reshape(-1)
+        n_cells = (len(nvec) - 1) // 3
+        expected = np.append(np.tile(self.FIELDS, n_cells), 4)
+        if n_cells < 1 or len(nvec) != 3 * n_cells + 1 or not np.array_equal(nvec, expected):
+            raise ValueError(
+                "obs encoder 'cells' needs MiniGrid's compact observation (MultiDiscrete of V*V "
+                f"(object 11, colour 6, state 3) ids + direction 4), got nvec {nvec.tolist()[:7]}..."
+            )
+        self.n_cells, self.dim = n_cells, dim
+        self.fields = nn.ModuleList(nn.Embedding(n, dim) for n in self.FIELDS)
+        for table in self.fields:  # entries ~N(0, 0.25^2): inputs on the scale of the one-hot encoder's
+            nn.init.normal_(table.weight, 0.0, 0.25)
+        self.size = n_cells * dim + dim + 4
+
+    def forward(self, obs: Tensor) -> Tensor:
+        ids = obs.reshape(obs.shape[0], -1).long()
+        cells = ids[:, :-1].view(-1, self.n_cells, 3)
+        emb = sum(table(cells[..., i]) for i, table in enumerate(self.fields))  # [N, cells, dim]
+        direction = torch.nn.functional.one_hot(ids[:, -1], 4).float()
+        return torch.cat([emb.flatten(1), emb.mean(1), direction], dim=1)
+
+
+ENCODERS = ("onehot", "cells")
+
+
+def make_encoder(space: spaces.Space, kind: str = "onehot") -> nn.Module:
+    """An encoder module with a ``size`` attribute (its output width) for ``space``. ``kind``:
+    onehot (every space) or cells (MiniGrid's compact observation; see GridCells)."""
+    if kind not in ENCODERS:
+        raise ValueError(f"unknown obs encoder {kind!r}; choose one of: {', '.join(ENCODERS)}")
+    if kind == "cells":
+        if not isinstance(space, spaces.MultiDiscrete):
+            raise ValueError(f"obs encoder 'cells' needs MiniGrid's compact observation (MultiDiscrete), got {space}")
+        return GridCells(space.nvec)
     if isinstance(space, spaces.Discrete):
         return OneHot(np.array([space.n]), np.array([space.start]))
     if isinstance(space, spaces.MultiDiscrete):

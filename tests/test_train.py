@@ -37,6 +37,7 @@ def _main(argv, capsys):
         (["--num-envs", "0"], "--num-envs must be >= 1"),
         (["--head-size", "-1"], "--head-size must be >= 0"),
         (["--branch-size", "-2"], "--branch-size must be >= 0"),
+        (["--obs-encoder", "cells"], "obs encoder 'cells' needs MiniGrid's compact observation"),
         (["--actor-init-gain", "0"], "--actor-init-gain must be > 0"),
         (["--env-id", "MiniGrid-MemoryS7-v0", "--view-size", "4"], "odd and >= 3"),
     ],
