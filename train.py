@@ -41,7 +41,7 @@ class Args:
     head_size: int = 0
     """width of a hidden layer (Linear+ReLU, shared by policy and value) after the memory; 0: linear heads as CleanRL"""
     obs_encoder: Literal["onehot", "cells"] = "onehot"
-    """observation encoder: onehot (ids one-hot, Box flattened; any env) or cells (MiniGrid only: a shared embedding per view cell, flattened and summed over the view; see agents/encoders.py)"""
+    """observation encoder: onehot (ids one-hot, Box flattened; any env) or cells (MiniGrid only: a shared embedding per view cell, flattened and averaged over the view; see agents/encoders.py)"""
     branch_size: int = 0
     """width of a separate hidden layer (Linear+ReLU) for the policy and one for the value, after the head; 0: none"""
     relu_memory: bool = False
