@@ -118,8 +118,7 @@ def report(args: train.Args, agent: ActorCritic, data: dict) -> dict:
             sel = [s for c, sd, s, _, _ in cases if c == cue and sd == side]
             out[f"success cue={cue} match={side}"] = float(np.mean(sel)) if sel else float("nan")
     for start in sorted({x for *_, x, _ in cases}):
-        sel = [(s, seen) for _, _, s, x, seen in cases if x == start]
-        out[f"success start column {start}"] = float(np.mean([s for s, _ in sel]))
+        out[f"success start column {start}"] = float(np.mean([s for _, _, s, x, _ in cases if x == start]))
     out["saw the cue"] = float(np.mean([seen for *_, seen in cases]))
     f, lab = data["feats"], data["labels"]
     out["decisions"] = len(f)
