@@ -103,8 +103,52 @@ def _index_obs(obs, idx: Tensor):
     return obs[:, idx]
 
 
-def _masked_mean(x: Tensor, mask: Tensor, count: Tensor) -> Tensor:
+# ----------------------------------------------------------------------------- the loss terms
+# Small functions so the tests can check each term's value and gradient on hand-made numbers
+# (tests/test_ppo.py). Each is exactly the float ops ppo_update always ran, in the same order.
+# ``mask`` is 1.0 on valid steps, 0.0 elsewhere; ``count`` is its sum, clamped to >= 1.
+
+
+def masked_mean(x: Tensor, mask: Tensor, count: Tensor) -> Tensor:
+    """sum(x * mask) / count: the mean of x over the valid steps."""
     return (x * mask).sum() / count
+
+
+def normalize_advantages(adv: Tensor, mask: Tensor, count: Tensor) -> Tensor:
+    """(adv - mean) / (std + 1e-8), with the mean and the (biased) std taken over valid steps only."""
+    mean = masked_mean(adv, mask, count)
+    var = masked_mean((adv - mean) ** 2, mask, count)
+    return (adv - mean) / (var.sqrt() + 1e-8)
+
+
+def clipped_surrogate(ratio: Tensor, adv: Tensor, clip_coef: float, mask: Tensor, count: Tensor) -> Tensor:
+    """PPO's clipped policy loss, to be minimized: the mean of max(-A r, -A clip(r, 1 - eps, 1 + eps)),
+    i.e. minus the pessimistic (min) surrogate. A ratio that has moved past the band in the
+    direction the advantage favours (r > 1 + eps with A > 0, r < 1 - eps with A < 0) gives the
+    clipped value and no gradient; elsewhere the gradient in r is -A / count."""
+    return masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef)), mask, count)
+
+
+def value_loss(
+    new_values: Tensor, old_values: Tensor, returns: Tensor, clip_coef: float, clipped: bool, mask: Tensor, count: Tensor,
+) -> Tensor:
+    """0.5 * mean (V - R)^2; ``clipped`` (PPO's reference implementation) takes per step the larger
+    of that and (V_clip - R)^2 with V_clip = V_old + clip(V - V_old, -eps, eps)."""
+    if clipped:
+        v_clipped = old_values + (new_values - old_values).clamp(-clip_coef, clip_coef)
+        return 0.5 * masked_mean(torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2), mask, count)
+    return 0.5 * masked_mean((new_values - returns) ** 2, mask, count)
+
+
+def policy_entropy(logp_all: Tensor) -> Tensor:
+    """Per-step entropy [...] of the categorical policy given its log-probabilities [..., A]."""
+    return -(logp_all.exp() * logp_all).sum(-1)
+
+
+def ppo_loss(pg_loss: Tensor, v_loss: Tensor, entropy: Tensor, ent_coef: float, vf_coef: float) -> Tensor:
+    """The minimized total: policy loss - ent_coef * entropy (a bonus: with ent_coef > 0 a step
+    raises the entropy) + vf_coef * value loss."""
+    return pg_loss - ent_coef * entropy + v_loss * vf_coef
 
 
 def ppo_update(
@@ -139,29 +183,21 @@ def ppo_update(
             )
             logp_all = torch.log_softmax(logits, -1)
             new_logp = logp_all.gather(-1, actions[:, mb, None]).squeeze(-1)
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            entropy = policy_entropy(logp_all)
             logratio = new_logp - old_logp[:, mb]
             ratio = logratio.exp()
             with torch.no_grad():
-                old_kl = _masked_mean(-logratio, m, count)
-                approx_kl = _masked_mean((ratio - 1) - logratio, m, count)
-                clipfracs.append(_masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).float(), m, count).item())
+                old_kl = masked_mean(-logratio, m, count)
+                approx_kl = masked_mean((ratio - 1) - logratio, m, count)
+                clipfracs.append(masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).float(), m, count).item())
 
             a = adv_s[:, mb]
             if cfg.norm_adv:
-                mean = _masked_mean(a, m, count)
-                var = _masked_mean((a - mean) ** 2, m, count)
-                a = (a - mean) / (var.sqrt() + 1e-8)
-            pg_loss = _masked_mean(torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)), m, count)
-
-            r, ov = ret_s[:, mb], old_values[:, mb]
-            if cfg.clip_vloss:
-                v_clipped = ov + (new_values - ov).clamp(-cfg.clip_coef, cfg.clip_coef)
-                v_loss = 0.5 * _masked_mean(torch.max((new_values - r) ** 2, (v_clipped - r) ** 2), m, count)
-            else:
-                v_loss = 0.5 * _masked_mean((new_values - r) ** 2, m, count)
-            ent = _masked_mean(entropy, m, count)
-            loss = pg_loss - cfg.ent_coef * ent + v_loss * cfg.vf_coef
+                a = normalize_advantages(a, m, count)
+            pg_loss = clipped_surrogate(ratio, a, cfg.clip_coef, m, count)
+            v_loss = value_loss(new_values, old_values[:, mb], ret_s[:, mb], cfg.clip_coef, cfg.clip_vloss, m, count)
+            ent = masked_mean(entropy, m, count)
+            loss = ppo_loss(pg_loss, v_loss, ent, cfg.ent_coef, cfg.vf_coef)
 
             for name, val in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", ent), ("loss", loss)):
                 if not torch.isfinite(val):
