@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from agents.nested import tree_map
 from agents.rollout import EpisodeStats, Rollout
 
 
@@ -30,44 +31,39 @@ def _worker(conn, args_dict: dict, bptt_len: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner handles signals and stops us
     try:
-        import cloudpickle
         import numpy as np
 
-        import train
+        from agents.config import Args, make_agent, make_env, tune_malloc
         from agents.rollout import RolloutCollector
 
-        args = train.Args(**args_dict)
+        args = Args(**args_dict)
         torch.set_num_threads(args.torch_threads)
-        train.tune_malloc()
+        tune_malloc()
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
         cpu = torch.device("cpu")
-        env = train.make_env(args, args.num_envs, cpu)
-        agent = train.make_agent(args, env).eval()
+        env = make_env(args, args.num_envs, cpu)
+        agent = make_agent(args, env).eval()
         collector = RolloutCollector(env, agent, args.num_steps, bptt_len, cpu, seed=args.seed)
         conn.send(("ready", None))
         while True:
             cmd, payload = conn.recv()
             if cmd == "collect":
                 agent.load_state_dict(payload)
-                collector.stats.clear()
-                ro = collector.collect(agent)
-                st = collector.stats
-                conn.send(("rollout", (ro, EpisodeStats(list(st.returns), list(st.lengths), list(st.accuracy), list(st.env_ids)))))
+                conn.send(("rollout", collector.collect(agent)))
             elif cmd == "get_state":
+                own = collector.state_dict()
                 conn.send(("state", {
-                    "collector": collector.state_dict(), "env": cloudpickle.dumps(collector.env),
+                    "collector": own["collector"], "env": own["env"],
                     "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
                 }))
             elif cmd == "set_state":
-                collector.load_state_dict(payload["collector"])
-                collector.env.close()
-                collector.env = cloudpickle.loads(payload["env"])
+                collector.load_state_dict({"collector": payload["collector"], "env": payload["env"]})
                 torch.set_rng_state(payload["torch_rng"])
                 np.random.set_state(payload["numpy_rng"])
                 conn.send(("ok", None))
             elif cmd == "close":
-                collector.env.close()
+                collector.close()
                 conn.send(("ok", None))
                 return
     except Exception:  # noqa: BLE001 - reported to the learner, which raises it
@@ -79,8 +75,9 @@ class WorkerError(RuntimeError):
 
 
 class AsyncCollector:
-    """The learner's handle on the rollout worker. ``request(agent)`` starts the next rollout with a
-    copy of the agent's current parameters; ``result()`` waits for it."""
+    """The learner's handle on the rollout worker (the agents.rollout.Collector interface).
+    ``collect(agent)`` returns the rollout asked for last time and, with ``prefetch``, asks for the
+    next one with a copy of the agent's current parameters before returning."""
 
     def __init__(self, args_dict: dict[str, Any], bptt_len: int, device: torch.device):
         self.device = device
@@ -90,6 +87,7 @@ class AsyncCollector:
         self.proc.start()
         child.close()
         self.in_flight = False
+        self.pending: tuple[Rollout, EpisodeStats] | None = None  # received, not handed out yet
         self._expect("ready")
 
     def _expect(self, kind: str):
@@ -103,30 +101,45 @@ class AsyncCollector:
             raise WorkerError(f"rollout worker protocol: expected {kind!r}, got {got!r}")
         return payload
 
-    def request(self, agent: torch.nn.Module) -> None:
+    def _request(self, agent: torch.nn.Module) -> None:
         if self.in_flight:
             raise RuntimeError("a rollout is already in flight")
         params = {k: v.detach().to("cpu", copy=True) for k, v in agent.state_dict().items()}
         self.conn.send(("collect", params))
         self.in_flight = True
 
-    def result(self) -> tuple[Rollout, EpisodeStats]:
-        if not self.in_flight:
-            raise RuntimeError("no rollout was requested")
+    def _receive(self) -> None:
         ro, stats = self._expect("rollout")
         self.in_flight = False
-        return rollout_to(ro, self.device), stats
+        self.pending = (rollout_to(ro, self.device), stats)
 
-    def get_state(self) -> dict:
-        """The worker's envs, collector and RNG states (no rollout may be in flight)."""
+    def collect(self, agent: torch.nn.Module, greedy: bool = False, prefetch: bool = True) -> tuple[Rollout, EpisodeStats]:
+        """The next rollout (collected with the parameters of one update ago); with ``prefetch``,
+        the one after it starts now with the agent's current parameters."""
+        if greedy:
+            raise ValueError("the asynchronous collector samples actions; evaluate with a RolloutCollector")
+        if self.pending is None:
+            if not self.in_flight:  # the first rollout of a fresh run
+                self._request(agent)
+            self._receive()
+        out, self.pending = self.pending, None
+        if prefetch:
+            self._request(agent)
+        return out
+
+    def state_dict(self) -> dict:
+        """The worker's envs, collector and RNG, and the rollout in flight: waited for and kept
+        (the next update trains on it either way)."""
         if self.in_flight:
-            raise RuntimeError("cannot read the worker's state while a rollout is in flight")
+            self._receive()
         self.conn.send(("get_state", None))
-        return self._expect("state")
+        return {"collector": {}, "env": None, "async": {"worker": self._expect("state"), "pending": self.pending}}
 
-    def set_state(self, state: dict) -> None:
-        self.conn.send(("set_state", state))
+    def load_state_dict(self, d: dict) -> None:
+        self.conn.send(("set_state", d["async"]["worker"]))
         self._expect("ok")
+        pending = d["async"]["pending"]
+        self.pending = None if pending is None else (rollout_to(pending[0], self.device), pending[1])
 
     def close(self) -> None:
         if self.proc.is_alive():
@@ -145,11 +158,4 @@ class AsyncCollector:
 
 def rollout_to(ro: Rollout, device: torch.device) -> Rollout:
     """The rollout with every tensor on ``device`` (the worker collects on CPU)."""
-    def move(x):
-        if isinstance(x, dict):
-            return {k: move(v) for k, v in x.items()}
-        if isinstance(x, tuple):
-            return tuple(move(v) for v in x)
-        return x.to(device)
-
-    return Rollout(**{f: move(getattr(ro, f)) for f in ro.__dataclass_fields__})
+    return tree_map(lambda x: x.to(device), ro)

@@ -18,7 +18,9 @@ in info["final_obs"]; truncated envs get one extra forward on it to bootstrap.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from agents.actor_critic import ActorCritic
 from agents.encoders import obs_to_tensor
+from agents.nested import tree_map
 from memory import State
 
 
@@ -69,22 +72,25 @@ class EpisodeStats:
             v.clear()
 
 
-def _alloc_obs(obs, T: int):
-    if isinstance(obs, dict):
-        return {k: _alloc_obs(v, T) for k, v in obs.items()}
-    return torch.empty((T, *obs.shape), dtype=obs.dtype, device=obs.device)
-
-
-def _write_obs(buf, t: int, obs) -> None:
-    if isinstance(buf, dict):
-        for k in buf:
-            _write_obs(buf[k], t, obs[k])
-    else:
-        buf[t] = obs
-
-
 def _to_bool(x, device) -> Tensor:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, device=device).bool()
+
+
+class Collector(Protocol):
+    """What train.py needs from a rollout source; RolloutCollector (in this process) and
+    agents.async_rollout.AsyncCollector (in a worker process) both implement it.
+
+    ``state_dict()`` returns the checkpoint's collector entries, one layout for both:
+    ``{"collector": tensors carried between rollouts, "env": the pickled envs or None,
+    "async": the worker's state and the rollout in flight, or None}``."""
+
+    def collect(self, agent: ActorCritic, greedy: bool = False, prefetch: bool = True) -> tuple[Rollout, EpisodeStats]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, d: dict) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class RolloutCollector:
@@ -104,24 +110,43 @@ class RolloutCollector:
         self.state = agent.initial_state(self.num_envs, device)
         self.ep_return = torch.zeros(self.num_envs, dtype=torch.float64, device=device)
         self.ep_length = torch.zeros(self.num_envs, dtype=torch.long, device=device)
-        self.stats = EpisodeStats()
 
     # -- checkpointing: everything needed to continue exactly where a rollout ended
+    _CARRIED = ("next_obs", "next_reset", "next_valid", "state", "ep_return", "ep_length")
+
     def state_dict(self) -> dict:
-        return {
-            "next_obs": self.next_obs, "next_reset": self.next_reset, "next_valid": self.next_valid,
-            "state": self.state, "ep_return": self.ep_return, "ep_length": self.ep_length,
-        }
+        """The carried tensors and the envs (pickled with cloudpickle; None for an env that cannot
+        be pickled, which then restarts from a reset on resume)."""
+        import cloudpickle
+
+        try:
+            env_blob = cloudpickle.dumps(self.env)
+        except Exception:  # noqa: BLE001 - an unpicklable env resumes from a reset instead
+            env_blob = None
+        return {"collector": {k: getattr(self, k) for k in self._CARRIED}, "env": env_blob, "async": None}
 
     def load_state_dict(self, d: dict) -> None:
-        for k, v in d.items():
-            setattr(self, k, v)
+        for k, v in d["collector"].items():
+            setattr(self, k, tree_map(lambda x: x.to(self.device), v))
+        if d.get("env") is not None:
+            import cloudpickle
+
+            self.env.close()
+            self.env = cloudpickle.loads(d["env"])
+        else:
+            print("note: this checkpoint holds no env state; envs restart from a reset", file=sys.stderr)
+
+    def close(self) -> None:
+        self.env.close()
 
     @torch.no_grad()
-    def collect(self, agent: ActorCritic, greedy: bool = False) -> Rollout:
-        """Run num_steps steps of every env. ``greedy`` takes the argmax action (evaluation)."""
+    def collect(self, agent: ActorCritic, greedy: bool = False, prefetch: bool = True) -> tuple[Rollout, EpisodeStats]:
+        """Run num_steps steps of every env; returns the rollout and the episodes that ended in it.
+        ``greedy`` takes the argmax action (evaluation); ``prefetch`` is for asynchronous
+        collectors (nothing to start ahead here)."""
         T, N, L, dev = self.num_steps, self.num_envs, self.bptt_len, self.device
-        obs_buf = _alloc_obs(self.next_obs, T)
+        stats = EpisodeStats()
+        obs_buf = tree_map(lambda o: torch.empty((T, *o.shape), dtype=o.dtype, device=o.device), self.next_obs)
         reset = torch.empty(T, N, dtype=torch.bool, device=dev)
         valid = torch.empty_like(reset)
         dones = torch.empty_like(reset)
@@ -137,7 +162,7 @@ class RolloutCollector:
         for t in range(T):
             if t % L == 0:
                 start_states.append(tuple(s.clone() for s in self.state))
-            _write_obs(obs_buf, t, self.next_obs)
+            tree_map(lambda buf, o: buf.__setitem__(t, o), obs_buf, self.next_obs)
             reset[t], valid[t] = self.next_reset, self.next_valid
             logits, value, self.state = agent.step(self.next_obs, self.state, self.next_reset)
             logp_all = torch.log_softmax(logits, -1)
@@ -153,7 +178,7 @@ class RolloutCollector:
             rewards[t] = torch.as_tensor(reward, device=dev, dtype=torch.float32)
             term, trunc = _to_bool(term, dev), _to_bool(trunc, dev)
             terminated[t], dones[t] = term, term | trunc
-            self._track_episodes(rewards[t], valid[t], dones[t], info)
+            self._track_episodes(stats, rewards[t], valid[t], dones[t], info)
 
             if self.mode is AutoresetMode.NEXT_STEP:
                 # The step after a done resets the env: invalid; the one after that starts anew.
@@ -172,7 +197,7 @@ class RolloutCollector:
         for t, (idx, v) in bootstrap.items():
             next_values[t, idx] = v
         states = tuple(torch.stack(parts) for parts in zip(*start_states)) if start_states[0] else ()
-        return Rollout(obs_buf, reset, actions, logprobs, values, rewards, terminated, dones, valid, next_values, states)
+        return Rollout(obs_buf, reset, actions, logprobs, values, rewards, terminated, dones, valid, next_values, states), stats
 
     def _bootstrap_values(self, agent: ActorCritic, info: dict, cut: Tensor) -> tuple[Tensor, Tensor]:
         """V(final observation) with the pre-reset memory state, for envs truncated this step."""
@@ -190,15 +215,15 @@ class RolloutCollector:
         _, v, _ = agent.step(obs_to_tensor(final_obs, self.device), state, no_reset)
         return idx, v
 
-    def _track_episodes(self, reward: Tensor, valid: Tensor, done: Tensor, info: dict) -> None:
+    def _track_episodes(self, stats: EpisodeStats, reward: Tensor, valid: Tensor, done: Tensor, info: dict) -> None:
         self.ep_return += reward * valid
         self.ep_length += valid.long()
         if not done.any():
             return
         idx = done.nonzero().flatten()
-        self.stats.returns.extend(self.ep_return[idx].tolist())
-        self.stats.lengths.extend(self.ep_length[idx].tolist())
-        self.stats.env_ids.extend(idx.tolist())
+        stats.returns.extend(self.ep_return[idx].tolist())
+        stats.lengths.extend(self.ep_length[idx].tolist())
+        stats.env_ids.extend(idx.tolist())
         self.ep_return[idx] = 0
         self.ep_length[idx] = 0
         src = info if "accuracy" in info else info.get("final_info", {})
@@ -206,5 +231,5 @@ class RolloutCollector:
             acc, mask = src["accuracy"], src.get("_accuracy")
             acc = torch.as_tensor(np.asarray(acc) if not isinstance(acc, Tensor) else acc)
             mask = torch.ones_like(acc, dtype=torch.bool) if mask is None else _to_bool(mask, acc.device)
-            self.stats.accuracy.extend(acc[mask].double().tolist())
+            stats.accuracy.extend(acc[mask].double().tolist())
 

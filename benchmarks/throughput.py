@@ -23,13 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import memory  # noqa: E402
-import train  # noqa: E402
-from agents.actor_critic import ActorCritic  # noqa: E402
-from agents.ppo import PPOConfig, ppo_update  # noqa: E402
-from agents.rollout import RolloutCollector  # noqa: E402
+import memory
+from agents import config as train
+from agents.actor_critic import ActorCritic
+from agents.ppo import PPOConfig, ppo_update
+from agents.rollout import RolloutCollector
 
 
 def raw_env_rate(args: train.Args, seconds: float) -> float:
@@ -88,7 +86,7 @@ def training_rate(args: train.Args, backbone: str, opts: dict, updates: int, fus
             t_roll = t_upd = env_time[0] = 0.0
         t = time.perf_counter()
         agent.eval()
-        ro = col.collect(agent)
+        ro, _ = col.collect(agent)
         t2 = time.perf_counter()
         agent.train()
         ppo_update(agent, opt, ro, cfg, L)
@@ -117,17 +115,15 @@ def async_training_rate(args: train.Args, backbone: str, spec_opts: list[str], u
     L = a.bptt_len or a.num_steps
     col = AsyncCollector(dataclasses.asdict(a), L, torch.device("cpu"))
     try:
-        col.request(agent)
-        ro, _ = col.result()
+        ro, _ = col.collect(agent)  # rollout 1; rollout 2 starts now (with the same parameters)
         t_upd = t_wait = 0.0
         for i in range(updates + 1):
             if i == 1:  # the first update warms up allocators and kernels
                 t0, t_upd, t_wait = time.perf_counter(), 0.0, 0.0
-            col.request(agent)
             t = time.perf_counter()
             ppo_update(agent, opt, ro, cfg, L)
             t2 = time.perf_counter()
-            ro, _ = col.result()
+            ro, _ = col.collect(agent)  # waits for the rollout in flight, starts the next
             t_upd += t2 - t
             t_wait += time.perf_counter() - t2
         total = time.perf_counter() - t0

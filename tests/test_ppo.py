@@ -109,11 +109,11 @@ def _collect(mode, T=20):
     env = SyncVectorEnv([ScriptedEnv] * 2, autoreset_mode=mode)
     agent = CountingAgent()
     c = RolloutCollector(env, agent, T, T, torch.device("cpu"), seed=0)
-    return c, c.collect(agent)
+    return c.collect(agent)
 
 
 def test_next_step_mode_masks_reset_step_and_bootstraps_from_final_obs():
-    c, ro = _collect(AutoresetMode.NEXT_STEP)
+    ro, _ = _collect(AutoresetMode.NEXT_STEP)
     obs = ro.obs[:, 0]
     # Episode 0: steps 0,1,2 (terminates at t=2); t=3 acts on the final obs (invalid);
     # episode 1 starts at t=4 with a reset; truncated at t=7; t=8 invalid; episode 2 from t=9.
@@ -127,20 +127,20 @@ def test_next_step_mode_masks_reset_step_and_bootstraps_from_final_obs():
 
 
 def test_same_step_mode_resets_at_once_and_bootstraps_from_final_obs():
-    c, ro = _collect(AutoresetMode.SAME_STEP)
+    ro, stats = _collect(AutoresetMode.SAME_STEP)
     assert ro.valid.all()
     # Episode 0: t=0,1,2; episode 1: t=3..6 (truncated at 6); episode 2 from t=7.
     assert ro.reset[:, 0].tolist()[:8] == [True, False, False, True, False, False, False, True]
     assert ro.obs[3, 0].tolist() == [1, 0]
     assert ro.next_values[6, 0].item() == 100 * 1 + 10 * 4 + 5
-    env0 = [i for i, e in enumerate(c.stats.env_ids) if e == 0]
-    assert [c.stats.returns[i] for i in env0[:2]] == [1 + 2 + 3, 1 + 2 + 3 + 4]
-    assert [c.stats.lengths[i] for i in env0[:2]] == [3, 4]
+    env0 = [i for i, e in enumerate(stats.env_ids) if e == 0]
+    assert [stats.returns[i] for i in env0[:2]] == [1 + 2 + 3, 1 + 2 + 3 + 4]
+    assert [stats.lengths[i] for i in env0[:2]] == [3, 4]
 
 
 def test_both_modes_give_the_same_valid_transitions():
-    _, a = _collect(AutoresetMode.NEXT_STEP, T=40)
-    _, b = _collect(AutoresetMode.SAME_STEP, T=40)
+    a, _ = _collect(AutoresetMode.NEXT_STEP, T=40)
+    b, _ = _collect(AutoresetMode.SAME_STEP, T=40)
     va = a.valid[:, 0]
     n = int(b.valid.shape[0] - 10)
     for field in ("rewards", "terminated", "dones", "next_values", "values"):
@@ -156,7 +156,7 @@ def test_bptt_start_states_are_stored_per_chunk():
     env = SyncVectorEnv([ScriptedEnv] * 2, autoreset_mode=AutoresetMode.SAME_STEP)
     agent = CountingAgent()
     c = RolloutCollector(env, agent, 12, 4, torch.device("cpu"), seed=0)
-    ro = c.collect(agent)
+    ro, _ = c.collect(agent)
     (s,) = ro.start_states
     assert s.shape == (3, 2, 1)
     # Steps since reset at t = 4 and t = 8: episode 1 started at t=3, episode 2 at t=7.
@@ -171,7 +171,7 @@ def _tiny_agent_and_rollout():
     env = SyncVectorEnv([ScriptedEnv] * 4, autoreset_mode=AutoresetMode.NEXT_STEP)
     agent = ActorCritic(env.single_observation_space, 2, memory.make("lstm", 8, 8))
     c = RolloutCollector(env, agent, 16, 8, torch.device("cpu"), seed=0)
-    return agent, c.collect(agent)
+    return agent, c.collect(agent)[0]
 
 
 def test_update_changes_weights_and_reports_cleanrl_stats():
@@ -236,7 +236,7 @@ def test_update_recomputes_exactly_what_acting_computed(backbone):
     L = 8
     collector = RolloutCollector(env, agent, 48, L, torch.device("cpu"), seed=0)
     for _ in range(2):
-        ro = collector.collect(agent)
+        ro, _ = collector.collect(agent)
         assert ro.reset[1:].any(), "the rollout should contain episode starts"
         obs, start = sequence_inputs(ro, L)
         reset, actions, logp, values = (to_sequences(x, L) for x in (ro.reset, ro.actions, ro.logprobs, ro.values))

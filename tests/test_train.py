@@ -131,7 +131,8 @@ def test_sigterm_checkpoints_and_exits(tmp_path):
     assert not list(events.glob("*.tmp"))
 
 
-def test_non_finite_stops_the_run_without_saving(tmp_path, capsys):
+@pytest.mark.parametrize("checkpoint_every", [100, 1])
+def test_non_finite_stops_the_run_without_saving(tmp_path, capsys, checkpoint_every):
     def poison(update):
         with torch.no_grad():
             next(iter(poison.agent_params)).fill_(float("nan"))
@@ -148,13 +149,19 @@ def test_non_finite_stops_the_run_without_saving(tmp_path, capsys):
     ac.ActorCritic.__init__ = spy_init
     try:
         with pytest.raises(SystemExit) as exc:
-            train.train(_args(tmp_path, "nan"), on_update=poison)
+            train.train(_args(tmp_path, "nan", checkpoint_every=checkpoint_every), on_update=poison)
     finally:
         ac.ActorCritic.__init__ = orig_init
     assert exc.value.code == 1
     err = capsys.readouterr().err
-    assert "non-finite" in err and "update 2" in err and "last good checkpoint" in err
-    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+    assert "non-finite" in err and "update 2" in err
+    ckpt = tmp_path / "nan" / "checkpoint.pt"
+    if checkpoint_every == 1:  # the checkpoint of update 1 was written before the poison: kept
+        assert "the last good checkpoint" in err and "(update 1) is kept" in err
+        assert torch.load(ckpt, weights_only=False)["update"] == 1
+    else:  # the message must not promise a checkpoint that does not exist
+        assert "last good checkpoint" not in err and "no checkpoint had been written yet" in err
+        assert not ckpt.exists()
 
 
 def test_resume_keeps_every_logged_point(tmp_path):
@@ -228,7 +235,7 @@ def test_async_rollouts_lag_the_policy_by_exactly_one_update(tmp_path):
         nonlocal worker_rng
         actor.load_state_dict(params)
         torch.set_rng_state(worker_rng)
-        ro = collector.collect(actor)
+        ro, _ = collector.collect(actor)
         worker_rng = torch.get_rng_state()
         return ro
 
