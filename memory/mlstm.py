@@ -1,4 +1,4 @@
-"""mLSTM (xLSTM's matrix-memory LSTM) and mLSTM with an orthogonalized readout (REFERENCES.md 1-3, 6).
+"""mLSTM (xLSTM's matrix-memory LSTM) and mLSTM with an orthogonalized readout (docs/design.md sections 1-3, 6).
 
 The layer, per step t and head (q, k of size dk, v of size dv, q scaled by dk^-1/2):
 
@@ -23,37 +23,30 @@ chance 0.125). xLSTM's block has the same conv (kernel 4) in front of q and k. c
 it off (the state is then (C, n, m)).
 
 Departures from the xLSTM block, on purpose (an RL-sized layer, hidden 128): no up-projection and
-no learnable skip of the conv output; block residuals live outside the backbone. q/k head dim defaults to half the value head dim, as in
-xLSTM-7B (qk_dim_factor 0.5); it also makes Newton-Schulz ~5x cheaper for mlstm-orth.
+no learnable skip of the conv output; block residuals live outside the backbone. q/k head dim
+defaults to half the value head dim, as in xLSTM-7B (qk_dim_factor 0.5); it also makes
+Newton-Schulz (whose cost grows with dk) cheaper for mlstm-orth.
 
-Computation paths (all equal the step-by-step recurrence, values and gradients; tests hold them
-to it):
+Computation paths (option path). The cell kernels live in memory/ops/mlstm.py, each tested
+against the step-by-step reference memory.ops.mlstm_ref (values and gradients):
 
-- recurrent: a loop over t; used for T = 1 (acting) and as the reference.
-- chunkwise: inside a chunk of L steps everything is a masked L x L matrix product; across
-  chunks only (C, n, m) is carried by a loop over T / L chunks. "parallel" is one chunk of T.
-  Default L = 32: on one CPU thread L = 16 and 32 tied and 64 was 1.2-1.3x slower per training
-  step (benchmarks/backbones.py); on GPU larger chunks may pay (option chunk_size).
-  Resets are exact: the log-decay from a source step s to a query step t is used only where no
-  reset falls in (s, t] (same episode segment, an explicit boolean mask, no large negative
-  constant), the carried state only where no reset falls in the chunk up to t, and the fresh
-  state entering at a reset contributes its m_{t-1} = 0 term to the stabilizer, exactly as the
-  recurrence does.
-
-The readout's max(|q^T n|, exp(-m)) is evaluated without overflow (exp(-m) is inf in float32
-for m < -88, i.e. gate pre-activations near -100): see _normalize.
+- recurrent: memory.ops.mlstm_recurrent, a loop over t; used for T = 1 (acting).
+- chunkwise: memory.ops.mlstm_chunkwise, masked L x L products inside chunks of L steps,
+  (C, n, m) carried across chunks; resets are exact. "parallel" is one chunk of T. Default
+  L = 32: on one CPU thread larger chunks were slower per training step (benchmarks/backbones.py);
+  on GPU larger chunks may pay (option chunk_size).
 
 Orthogonalized readout (mlstm-orth). Only at read time, C~_t = NS(C_t / (||C_t||_F + 1e-7)) with
 memory.ops.newton_schulz (which does that normalization itself; Muon's 5 quintic steps by default,
 option ns_steps; gradients flow through). C~_t is never written back: the returned state is the
 plain C, equal to mlstm's for the same weights. C_t is needed at every step, so the states are
-materialized with memory.ops.linear_scan (gate f'_t, input i'_t k_t v_t^T, resets) after the
-stabilizer m_t has been computed chunkwise, and orthogonalized in one batched call over all
-[T, B, H] matrices. That call dominates the cost: on one CPU thread a training step cost
-10-25x mlstm's at B 16-64, T 128-512 (benchmarks/backbones.py), ~75% of it inside
-Newton-Schulz (small batched matmuls and their buffer copies), and it saves every iterate for
-backward (~11x mlstm's peak memory; option ns_checkpoint recomputes it in backward piece by
-piece: ~3x, at about the same time on CPU).
+materialized by memory.ops.mlstm_states (the stabilizer m_t chunkwise, then linear_scan with
+gate f'_t, input i'_t k_t v_t^T and resets) and orthogonalized in one batched call over all
+[T, B, H] matrices. That call dominates the cost of a training step, several times mlstm's on
+CPU (benchmarks/backbones.py), most of it inside Newton-Schulz (small batched matmuls and their
+buffer copies), and it saves every iterate for backward (a multiple of mlstm's peak memory;
+option ns_checkpoint recomputes it in backward piece by piece, for much less memory at about
+the same time on CPU).
 
   Normalizer choice: h = q^T C~_t, with no denominator. The Frobenius normalization removes the
   exp(-m) scale (and any scale) from C, and C~ has singular values in about [0.5, 1.5], so
@@ -65,247 +58,22 @@ piece: ~3x, at about the same time on CPU).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from memory.base import Memory, State, check_inputs
-from memory.ops import linear_scan, newton_schulz
+from memory.ops import mlstm_chunkwise, mlstm_recurrent, mlstm_states, newton_schulz
 from memory.registry import register
 
 PATHS = ("auto", "recurrent", "chunkwise", "parallel")
 # Compute dtype of Newton-Schulz in mlstm-orth ("same" = the model's). Muon runs it in bfloat16,
-# the fast choice on GPUs (on a CPU with AMX it gained only ~10% per training step). Caveat:
+# the fast choice on GPUs (on a CPU with AMX it gained little per training step). Caveat:
 # bf16 rounding in directions a low-rank C does not hold (every state early in an episode) is
 # amplified by up to a^5 ~ 480 by the 5 steps, so such reads differ from float32 by up to ~0.3
 # (mean ~0.01 on unit-scale outputs); full-rank states read to ~1%.
 NS_DTYPES = {"same": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# ----------------------------------------------------------------------------------------------
-# Cell math. Layout inside the cell: batch and heads first. q, k: [B, H, T, dk] (q already scaled
-# by dk^-1/2); v: [B, H, T, dv]; ig (input-gate pre-activation), lf (log sigmoid of the forget-gate
-# pre-activation): [B, H, T]; reset: bool [B, T]; state C [B, H, dk, dv], n [B, H, dk], m [B, H].
-# ----------------------------------------------------------------------------------------------
-
-
-def _normalize(num: Tensor, qn: Tensor, m: Tensor, eps: float) -> Tensor:
-    """h = num / (max(|qn|, exp(-m)) + eps) without overflow: num [..., dv], qn and m [...].
-
-    exp(-m) overflows float32 once m < -88 (gate pre-activations around -100 do that), and its
-    gradient then turns into inf * 0 = NaN. For m < 0 the same value is computed with numerator
-    and denominator multiplied by s = exp(m) <= 1: num s / (max(|qn| s, 1) + eps s). Both
-    branches are one expression: s = exp(min(m, 0)), floor = exp(-max(m, 0)); all factors <= 1.
-    (torch.where rather than clamp: at m = 0 exactly both clamps would pass a gradient and
-    count dm twice.)"""
-    neg = m < 0
-    zero = torch.zeros_like(m)
-    s = torch.exp(torch.where(neg, m, zero))
-    floor = torch.exp(torch.where(neg, zero, -m))
-    return num * s[..., None] / (torch.maximum(qn.abs() * s, floor) + eps * s)[..., None]
-
-
-def mlstm_recurrent(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    ig: Tensor,
-    lf: Tensor,
-    reset: Tensor,
-    state: tuple[Tensor, Tensor, Tensor],
-    eps: float = 1e-6,
-    keep_states: bool = False,
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None]:
-    """The stabilized mLSTM recurrence, one step at a time (the reference every path must equal).
-
-    Returns h [B, H, T, dv], the final state (C, n, m), and, with keep_states, every C_t
-    stacked [B, H, T, dk, dv] (None otherwise)."""
-    C, n, m = state
-    hs: list[Tensor] = []
-    Cs: list[Tensor] = []
-    # Loop over unbind'ed slices: indexing [:, :, t] inside autograd makes the backward O(T^2).
-    for q_t, k_t, v_t, i_t, f_t, r_t in zip(
-        q.unbind(2), k.unbind(2), v.unbind(2), ig.unbind(2), lf.unbind(2), reset.unbind(1)
-    ):
-        r = r_t.view(-1, 1)  # [B, 1]
-        m = torch.where(r, torch.zeros_like(m), m)  # an episode start sees the fresh state
-        C = torch.where(r.view(-1, 1, 1, 1), torch.zeros_like(C), C)
-        n = torch.where(r.view(-1, 1, 1), torch.zeros_like(n), n)
-        m_new = torch.maximum(f_t + m, i_t)  # [B, H]
-        fp = torch.exp(f_t + m - m_new)  # f' <= 1
-        ip = torch.exp(i_t - m_new)  # i' <= 1
-        C = fp[..., None, None] * C + ip[..., None, None] * (k_t[..., :, None] * v_t[..., None, :])
-        n = fp[..., None] * n + ip[..., None] * k_t
-        m = m_new
-        num = (q_t.unsqueeze(-2) @ C).squeeze(-2)  # [B, H, dv]
-        qn = (q_t * n).sum(-1)  # [B, H]
-        hs.append(_normalize(num, qn, m, eps))
-        if keep_states:
-            Cs.append(C)
-    return torch.stack(hs, 2), (C, n, m), (torch.stack(Cs, 2) if keep_states else None)
-
-
-class _ChunkLogs:
-    """Log-space decay weights of a chunked sequence, shared by the plain chunkwise readout and
-    the stabilizer pass of mlstm-orth. Shapes: NC chunks of L steps (the tail padded with steps
-    that change nothing: log decay 0, no input, no reset)."""
-
-    def __init__(self, ig: Tensor, lf: Tensor, reset: Tensor, m0: Tensor, L: int):
-        B, H, T = ig.shape
-        NC = -(-T // L)
-        pad = NC * L - T
-        if pad:
-            lf = F.pad(lf, (0, pad), value=0.0)  # decay exp(0) = 1: state unchanged
-            ig = F.pad(ig, (0, pad), value=-math.inf)  # i' = 0: nothing written
-            reset = F.pad(reset, (0, pad), value=False)
-        self.T, self.NC, self.L = T, NC, L
-        lf = lf.reshape(B, H, NC, L)
-        ig = ig.reshape(B, H, NC, L)
-        r = reset.reshape(B, 1, NC, L)  # [B, 1, NC, L]
-
-        # b[t] = sum_{j<=t} lf[j] inside the chunk: the log decay from the chunk start through t.
-        b = lf.cumsum(-1)  # [B, H, NC, L]
-        self.b = b
-        # Segment = episode piece inside the chunk; a path s -> t exists iff seg[s] == seg[t].
-        seg = r.cumsum(-1)  # [B, 1, NC, L]
-        causal = torch.ones(L, L, dtype=torch.bool, device=ig.device).tril()
-        same = (seg[..., :, None] == seg[..., None, :]) & causal  # [B, 1, NC, L, L]
-        # The carried state (from before the chunk) reaches t iff no reset in the chunk up to t.
-        self.carried = seg == 0  # [B, 1, NC, L]
-
-        # log D[t, s] = b[t] - b[s] + ig[s] on valid paths: the log weight of k_s v_s^T in C_t.
-        diff = b[..., :, None] - b[..., None, :]  # [B, H, NC, L, L]
-        self.logD = torch.where(same, diff + ig[..., None, :], -math.inf)
-
-        # The fresh state entering at a reset r <= t has m = 0, so it adds b[t] - b[r-1] to the
-        # stabilizer's max (what the recurrence does with m_{r-1} = 0). r = last reset <= t.
-        pos = torch.arange(L, device=ig.device)
-        last = torch.where(r, pos, -1).cummax(-1).values  # [B, 1, NC, L], -1 = none yet
-        b_before = b - lf  # b[t-1]
-        base = torch.gather(b_before, -1, last.clamp_min(0).expand_as(b))  # b[r-1]
-        fresh = torch.where(self.carried, -math.inf, b - base)  # [B, H, NC, L]
-        # Max over sources inside the chunk (always finite: s = t, or the fresh-state term).
-        self.intra = torch.maximum(self.logD.amax(-1), fresh)  # [B, H, NC, L]
-        self.m0 = m0
-
-    def carry_m(self) -> tuple[Tensor, Tensor]:
-        """Stabilizer at each chunk start m_prev [B, H, NC] and m_t at every step [B, H, NC, L]."""
-        g = self.b[..., -1]  # [B, H, NC] log decay over the whole chunk
-        carried_end = self.carried[..., -1]  # [B, 1, NC]
-        intra_end = self.intra[..., -1]  # [B, H, NC]
-        m = self.m0
-        m_prev = []
-        for g_k, c_k, a_k in zip(g.unbind(-1), carried_end.unbind(-1), intra_end.unbind(-1)):
-            m_prev.append(m)
-            m = torch.where(c_k, torch.maximum(g_k + m, a_k), a_k)
-        m_prev_t = torch.stack(m_prev, -1)  # [B, H, NC]
-        from_prev = self.b + m_prev_t[..., None]  # carried state's log weight at t
-        m_all = torch.where(self.carried, torch.maximum(from_prev, self.intra), self.intra)
-        return m_prev_t, m_all
-
-
-def mlstm_chunkwise(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    ig: Tensor,
-    lf: Tensor,
-    reset: Tensor,
-    state: tuple[Tensor, Tensor, Tensor],
-    eps: float = 1e-6,
-    chunk_size: int = 32,
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """The same mLSTM, chunkwise: masked L x L products inside chunks, (C, n, m) carried across.
-
-    chunk_size >= T is the fully parallel form. Returns h [B, H, T, dv] and the final state."""
-    C0, n0, m0 = state
-    B, H, T, dk = q.shape
-    dv = v.shape[-1]
-    L = min(chunk_size, T)
-    logs = _ChunkLogs(ig, lf, reset, m0, L)
-    NC, pad = logs.NC, logs.NC * L - T
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    # n rides along C as an extra value column: [C | n] = sum w k [v, 1]^T.
-    v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1).reshape(B, H, NC, L, dv + 1)
-    q = q.reshape(B, H, NC, L, dk)
-    k = k.reshape(B, H, NC, L, dk)
-
-    # Chunk-local contributions to the state at each chunk end, under the local stabilizer
-    # intra_end (>= every log weight in the chunk, so these weights are <= 1).
-    intra_end = logs.intra[..., -1]  # [B, H, NC]
-    w_end = torch.exp(logs.logD[..., -1, :] - intra_end[..., None])  # [B, H, NC, L]
-    C_loc = (k * w_end[..., None]).transpose(-1, -2) @ v1  # [B, H, NC, dk, dv+1]
-
-    # Across chunks: m and [C | n] carried by a loop over NC (cheap: NC = T / L).
-    g = logs.b[..., -1]  # [B, H, NC]
-    carried_end = logs.carried[..., -1]  # [B, 1, NC]
-    Cn = torch.cat([C0, n0[..., None]], -1)  # [B, H, dk, dv+1]
-    m = m0
-    C_prev, m_prev = [], []
-    for g_k, c_k, a_k, loc_k in zip(g.unbind(-1), carried_end.unbind(-1), intra_end.unbind(-1), C_loc.unbind(2)):
-        C_prev.append(Cn)
-        m_prev.append(m)
-        m_new = torch.where(c_k, torch.maximum(g_k + m, a_k), a_k)
-        # exp of a masked argument (never exp then mask: exp overflow times a zero grad is NaN).
-        w_old = torch.exp(torch.where(c_k, g_k + m - m_new, -math.inf))  # [B, H]
-        Cn = w_old[..., None, None] * Cn + torch.exp(a_k - m_new)[..., None, None] * loc_k
-        m = m_new
-    C_prev_t = torch.stack(C_prev, 2)  # [B, H, NC, dk, dv+1]
-    m_prev_t = torch.stack(m_prev, -1)  # [B, H, NC]
-
-    from_prev = logs.b + m_prev_t[..., None]  # [B, H, NC, L]
-    m_all = torch.where(logs.carried, torch.maximum(from_prev, logs.intra), logs.intra)
-    W = torch.exp(logs.logD - m_all[..., None])  # [B, H, NC, L, L]
-    w0 = torch.exp(torch.where(logs.carried, from_prev - m_all, -math.inf))  # [B, H, NC, L]
-    S = (q @ k.transpose(-1, -2)) * W  # [B, H, NC, L, L]
-    num = S @ v1 + w0[..., None] * (q @ C_prev_t)  # [B, H, NC, L, dv+1]
-    num = num.reshape(B, H, NC * L, dv + 1)[:, :, :T]
-    m_all = m_all.reshape(B, H, NC * L)[:, :, :T]
-    h = _normalize(num[..., :dv], num[..., dv], m_all, eps)
-    return h, (Cn[..., :dv], Cn[..., dv], m)
-
-
-def mlstm_stabilizer(ig: Tensor, lf: Tensor, reset: Tensor, m0: Tensor, chunk_size: int = 32) -> Tensor:
-    """m_t at every step [B, H, T] (the recurrence's stabilizer), computed chunkwise."""
-    T = ig.shape[-1]
-    logs = _ChunkLogs(ig, lf, reset, m0, min(chunk_size, T))
-    _, m_all = logs.carry_m()
-    return m_all.reshape(*m_all.shape[:2], -1)[..., :T]
-
-
-def mlstm_states(
-    k: Tensor,
-    v: Tensor,
-    ig: Tensor,
-    lf: Tensor,
-    reset: Tensor,
-    state: tuple[Tensor, Tensor, Tensor],
-    chunk_size: int = 32,
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """Every C_t [T, B, H, dk, dv] (time first, as linear_scan gives it) and the final state.
-
-    m_t comes from the chunkwise stabilizer pass; then f'_t, i'_t are the recurrence's exact
-    gates, and C (and n) are linear scans with resets starting from the carried state."""
-    C0, n0, m0 = state
-    m_all = mlstm_stabilizer(ig, lf, reset, m0, chunk_size)  # [B, H, T]
-    # m_{t-1} as the recurrence sees it: the carried m0 at t = 0, and 0 at an episode start.
-    # (The scan zeroes the state at a reset anyway, but an un-reset m_{t-1} could make f' = inf,
-    # and inf * 0 is NaN.)
-    m_before = torch.cat([m0[..., None], m_all[..., :-1]], -1)
-    m_before = torch.where(reset[:, None, :], torch.zeros_like(m_before), m_before)
-    fp = torch.exp(lf + m_before - m_all).permute(2, 0, 1)  # [T, B, H]
-    ip = torch.exp(ig - m_all).permute(2, 0, 1)  # [T, B, H]
-    # Time-first views of k, v (they are permuted views of time-first projections: no copy).
-    ik = ip[..., None] * k.permute(2, 0, 1, 3)  # [T, B, H, dk]
-    kv = ik[..., :, None] * v.permute(2, 0, 1, 3)[..., None, :]  # [T, B, H, dk, dv]
-    r = reset.transpose(0, 1)  # [T, B]
-    C_all = linear_scan(fp[..., None, None], kv, r, C0)  # [T, B, H, dk, dv]
-    n_all = linear_scan(fp[..., None], ik, r, n0)  # [T, B, H, dk] (only the last is kept)
-    return C_all, (C_all[-1], n_all[-1], m_all[..., -1])
-
 
 # ----------------------------------------------------------------------------------------------
 # The layer.
@@ -460,7 +228,7 @@ class MLSTM(Memory):
         """h = q^T NS(C_t) for every t. q [T, B, H, dk], C_all [T, B, H, dk, dv] -> [T, B, H, dv].
 
         One batched Newton-Schulz call over all T*B*H matrices. It saves every iterate for
-        backward (~10x the activation memory of mlstm). With ns_checkpoint, time is cut into
+        backward (a multiple of mlstm's activation memory). With ns_checkpoint, time is cut into
         pieces of chunk_size steps, each one batched call whose internals are dropped after
         forward and recomputed in backward one piece at a time: only q and C_all are kept, and
         the peak holds one piece's internals (one extra Newton-Schulz forward in time)."""
@@ -475,7 +243,7 @@ class MLSTM(Memory):
 
     def _read_orth_direct(self, q: Tensor, C_all: Tensor) -> Tensor:
         C_read = newton_schulz(C_all, steps=self.ns_steps, dtype=self.ns_dtype)
-        # A broadcast multiply and sum: a bmm with one row per matrix ran 3x slower on CPU.
+        # A broadcast multiply and sum: a bmm with one row per matrix was slower on CPU.
         return (q.unsqueeze(-1) * C_read).sum(-2)
 
     def forward(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:

@@ -1,44 +1,21 @@
-"""mlstm and mlstm-orth: every computation path equals the step-by-step recurrence (values and
-gradients, float64, random resets, carried state), the stabilizer keeps large gate
-pre-activations finite, the orthogonalized readout reads NS(C) and never writes it back, and the
-cell matches mlstm_kernels' native torch kernels when that package is installed.
+"""mlstm and mlstm-orth layers: every path (chunkwise, parallel) equals the recurrent one (values
+and gradients, float64, random resets, carried state), large gate pre-activations stay finite,
+the orthogonalized readout reads NS(C) and never writes it back, options and errors.
 
-The backbone contract (tests/test_memory_contract.py) also runs for both names and their variants."""
+The cell kernels (memory/ops/mlstm.py) are tested against the plain recurrence in
+tests/test_ops.py; the backbone contract (tests/test_memory_contract.py) also runs for both names
+and their variants."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import memory
-from memory.mlstm import _normalize, mlstm_chunkwise, mlstm_recurrent, mlstm_stabilizer, mlstm_states
 from memory.ops import newton_schulz
 
 F64 = torch.float64
-
-
-def _cell_inputs(B=2, H=2, T=23, dk=3, dv=4, reset_p=0.2, gate_scale=3.0, seed=0, dtype=F64, state=True):
-    """Random cell inputs: q (scaled), k, v, ig, lf, reset [B, T] and a non-trivial carried state."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
-    q, k, v = r(B, H, T, dk) * dk**-0.5, r(B, H, T, dk), r(B, H, T, dv)
-    ig = r(B, H, T) * gate_scale
-    lf = F.logsigmoid(r(B, H, T) * gate_scale + 1.0)
-    reset = torch.rand(B, T, generator=g) < reset_p
-    if state:
-        s0 = (r(B, H, dk, dv), r(B, H, dk), r(B, H))
-    else:
-        s0 = tuple(torch.zeros(*shape, dtype=dtype) for shape in [(B, H, dk, dv), (B, H, dk), (B, H)])
-    return [q, k, v, ig, lf], reset, s0
-
-
-def _leaves(tensors, s0):
-    xs = [t.clone().requires_grad_(True) for t in tensors]
-    ss = tuple(t.clone().requires_grad_(True) for t in s0)
-    return xs, ss
 
 
 def _loss(h, state, seed=5):
@@ -51,138 +28,11 @@ def _loss(h, state, seed=5):
     return out
 
 
-def _grads(fn, tensors, reset, s0):
-    xs, ss = _leaves(tensors, s0)
-    h, state = fn(*xs, reset, ss)
-    _loss(h, state).backward()
-    return h.detach(), tuple(s.detach() for s in state), [t.grad for t in xs + list(ss)]
-
-
-def _rec(q, k, v, ig, lf, reset, s):
-    h, state, _ = mlstm_recurrent(q, k, v, ig, lf, reset, s)
-    return h, state
-
-
 def _close(a, b, tol=1e-9):
     torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-# ---------------------------------------------------------------- chunkwise == recurrent (cell)
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    T=st.integers(1, 40),
-    chunk=st.integers(1, 17),
-    reset_p=st.sampled_from([0.0, 0.1, 0.3, 0.7]),
-    gate_scale=st.sampled_from([0.5, 3.0, 10.0]),
-    seed=st.integers(0, 10_000),
-)
-def test_chunkwise_equals_recurrent_values_and_gradients(T, chunk, reset_p, gate_scale, seed):
-    tensors, reset, s0 = _cell_inputs(T=T, reset_p=reset_p, gate_scale=gate_scale, seed=seed)
-    h_r, s_r, g_r = _grads(_rec, tensors, reset, s0)
-    chunkwise = lambda *a: mlstm_chunkwise(*a, chunk_size=chunk)  # noqa: E731
-    h_c, s_c, g_c = _grads(chunkwise, tensors, reset, s0)
-    _close(h_c, h_r)
-    for a, b in zip(s_c, s_r):
-        _close(a, b)
-    for a, b in zip(g_c, g_r):
-        _close(a, b)
-
-
-@pytest.mark.parametrize(
-    "pattern",
-    ["first", "every", "consecutive", "chunk_edges", "last"],
-)
-def test_reset_patterns_exact(pattern):
-    """Resets at the awkward places: the first step (carried state dropped), every step, runs
-    of consecutive resets, exactly at chunk starts/ends, the last step."""
-    T, L = 16, 4
-    tensors, _, s0 = _cell_inputs(T=T, seed=3)
-    reset = torch.zeros(2, T, dtype=torch.bool)
-    if pattern == "first":
-        reset[:, 0] = True
-    elif pattern == "every":
-        reset[:] = True
-    elif pattern == "consecutive":
-        reset[0, 5:9] = True
-        reset[1, 2:4] = True
-    elif pattern == "chunk_edges":
-        reset[0, ::L] = True
-        reset[1, L - 1 :: L] = True
-    else:
-        reset[:, -1] = True
-    h_r, s_r, g_r = _grads(_rec, tensors, reset, s0)
-    h_c, s_c, g_c = _grads(lambda *a: mlstm_chunkwise(*a, chunk_size=L), tensors, reset, s0)
-    _close(h_c, h_r)
-    for a, b in zip([*s_c, *g_c], [*s_r, *g_r]):
-        _close(a, b)
-    if pattern == "first":  # the carried state cannot matter at all
-        assert all(g.abs().max() == 0 for g in g_c[-3:])
-
-
-def test_reset_equals_fresh_state_cell():
-    """Output after a reset equals running that episode alone from zeros (the cut is exact)."""
-    T, t0 = 20, 9
-    tensors, reset, s0 = _cell_inputs(T=T, reset_p=0.0, seed=4)
-    reset[:, t0] = True
-    h, s = mlstm_chunkwise(*tensors, reset, s0, chunk_size=4)
-    zeros = tuple(torch.zeros_like(t) for t in s0)
-    h2, s2 = mlstm_chunkwise(*[t[:, :, t0:] for t in tensors], reset[:, t0:], zeros, chunk_size=4)
-    _close(h[:, :, t0:], h2, 1e-12)
-    for a, b in zip(s, s2):
-        _close(a, b, 1e-12)
-
-
-def test_stabilizer_and_materialized_states_equal_recurrence():
-    tensors, reset, s0 = _cell_inputs(T=29, reset_p=0.25, seed=7)
-    q, k, v, ig, lf = tensors
-    _, (C, n, m), C_all = mlstm_recurrent(q, k, v, ig, lf, reset, s0, keep_states=True)
-    # The recurrence's m_t at every step, by running prefixes.
-    prefix = lambda i: mlstm_recurrent(*[t[:, :, : i + 1] for t in tensors], reset[:, : i + 1], s0)  # noqa: E731
-    m_steps = torch.stack([prefix(i)[1][2] for i in range(29)], -1)
-    _close(mlstm_stabilizer(ig, lf, reset, s0[2], chunk_size=5), m_steps)
-    C_tb, (C2, n2, m2) = mlstm_states(k, v, ig, lf, reset, s0, chunk_size=5)
-    _close(C_tb.permute(1, 2, 0, 3, 4), C_all)
-    _close(C2, C)
-    _close(n2, n)
-    _close(m2, m)
-
-
-@pytest.mark.parametrize("dtype,tol", [(F64, 1e-9), (torch.float32, 2e-3)])
-def test_large_gate_preactivations_stay_finite(dtype, tol):
-    """|pre-activations| ~ 30-100: exp(100) would overflow float32; the stabilizer keeps every
-    exponent <= 0. Chunkwise (float32 or float64) agrees with the float64 recurrence."""
-    B, H, T, dk, dv = 2, 2, 48, 3, 4
-    g = torch.Generator().manual_seed(11)
-    sign = lambda: torch.where(torch.rand(B, H, T, generator=g) < 0.5, -1.0, 1.0)  # noqa: E731
-    mag = lambda: 30 + 70 * torch.rand(B, H, T, generator=g)  # noqa: E731
-    ig, fpre = (sign() * mag()).to(F64), (sign() * mag()).to(F64)
-    tensors, reset, s0 = _cell_inputs(B=B, H=H, T=T, dk=dk, dv=dv, reset_p=0.1, seed=2, state=False)
-    tensors[3], tensors[4] = ig, F.logsigmoid(fpre)
-    h_ref, s_ref, g_ref = _grads(_rec, tensors, reset, s0)
-    low = [t.to(dtype) for t in tensors]
-    low_s0 = tuple(t.to(dtype) for t in s0)
-    for fn in (_rec, lambda *a: mlstm_chunkwise(*a, chunk_size=16)):
-        h, s, gr = _grads(fn, low, reset, low_s0)
-        assert torch.isfinite(h).all() and all(torch.isfinite(t).all() for t in [*s, *gr])
-        torch.testing.assert_close(h.double(), h_ref, rtol=tol, atol=tol)
-        torch.testing.assert_close(s[0].double(), s_ref[0], rtol=tol, atol=tol)
-        torch.testing.assert_close(s[2].double(), s_ref[2], rtol=tol, atol=tol)
-
-
-@pytest.mark.parametrize("m_value", [0.0, -0.4, 0.7, -30.0, 25.0])
-@pytest.mark.parametrize("qn_value", [0.3, -3.0])
-def test_overflow_free_normalizer_equals_the_formula(m_value, qn_value):
-    """_normalize rewrites num / (max(|qn|, exp(-m)) + eps) for m < 0; value and gradients are
-    the formula's (in float64, where the formula itself does not overflow), at m = 0 too."""
-    leaves = [torch.tensor(v, dtype=F64, requires_grad=True) for v in ([[1.3, -0.2]], [qn_value], [m_value])]
-    num, qn, m = leaves
-    a = _normalize(num, qn, m, 1e-6)
-    b = num / (torch.maximum(qn.abs(), torch.exp(-m)) + 1e-6)[..., None]
-    _close(a, b, 1e-12)
-    for ga, gb in zip(torch.autograd.grad(a.sum(), leaves), torch.autograd.grad(b.sum(), leaves)):
-        _close(ga, gb, 1e-12)
+# ---------------------------------------------------------------- layer numerics
 
 
 def test_layer_with_large_gates_is_finite_in_float32():
@@ -395,40 +245,3 @@ def test_options_reach_the_command_line():
         "num_heads": 2,
     }
     assert memory.parse_options("mlstm", ["eps=1e-5", "chunk_size=32"]) == {"eps": 1e-5, "chunk_size": 32}
-
-
-# ---------------------------------------------------------------- against mlstm_kernels
-
-
-def test_cell_matches_mlstm_kernels_native_torch():
-    """mlstm_kernels (NX-AI) native-torch kernels on random inputs without resets (they have no
-    reset argument), with a carried initial state: our recurrence and chunkwise form vs their
-    recurrent sequence and chunkwise kernels. Their kernels take raw q (scaled inside) and the
-    forget-gate pre-activation."""
-    rec_mod = pytest.importorskip("mlstm_kernels.torch.recurrent.native_sequence")
-    chunk_mod = pytest.importorskip("mlstm_kernels.torch.chunkwise.native")
-    B, H, T, dk, dv = 2, 3, 32, 4, 5
-    g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
-    q, k, v = r(B, H, T, dk), r(B, H, T, dk), r(B, H, T, dv)
-    ig, fpre = 3 * r(B, H, T), 3 * r(B, H, T) + 2
-    s0 = (r(B, H, dk, dv), r(B, H, dk), r(B, H))
-    no_reset = torch.zeros(B, T, dtype=torch.bool)
-    h_rec, (C, n, m), _ = mlstm_recurrent(q * dk**-0.5, k, v, ig, F.logsigmoid(fpre), no_reset, s0)
-    h_chk, (C2, n2, m2) = mlstm_chunkwise(q * dk**-0.5, k, v, ig, F.logsigmoid(fpre), no_reset, s0, chunk_size=8)
-    h_ref, (C_ref, n_ref, m_ref) = rec_mod.mlstm_recurrent_sequence__native_fw(
-        q, k, v, ig, fpre, c_initial=s0[0], n_initial=s0[1], m_initial=s0[2][..., None],
-        return_last_states=True, dtype_state=F64,
-    )
-    _close(h_rec, h_ref, 1e-12)
-    _close(h_chk, h_ref, 1e-10)
-    for a, b in [(C, C_ref), (n, n_ref), (m, m_ref.squeeze(-1)), (C2, C_ref), (m2, m_ref.squeeze(-1))]:
-        _close(a, b, 1e-10)
-    h_ck, (C_ck, n_ck, m_ck) = chunk_mod.mlstm_chunkwise__native_autograd(
-        q, k, v, ig, fpre, c_initial=s0[0], n_initial=s0[1], m_initial=s0[2],
-        return_last_states=True, chunk_size=8,
-    )
-    _close(h_chk, h_ck, 1e-10)
-    _close(C2, C_ck, 1e-10)
-    _close(n2, n_ck, 1e-10)
-    _close(m2, m_ck.reshape(m2.shape), 1e-10)

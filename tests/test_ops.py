@@ -1,11 +1,13 @@
 """memory.ops: every fast path (and the parallel/GPU-form implementations, run on CPU here) equals
 its plain reference loop in values and gradients; float64 gradcheck on small sizes; Newton-Schulz
-output spectra; clear errors."""
+output spectra; the mLSTM cell kernels against the plain recurrence (resets, large gates, the
+overflow-free normalizer, mlstm_kernels when installed); clear errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,10 +18,16 @@ from memory.ops import (
     linear_scan_ref,
     matrix_scan,
     matrix_scan_ref,
+    mlstm_chunkwise,
+    mlstm_recurrent,
+    mlstm_ref,
+    mlstm_stabilizer,
+    mlstm_states,
     newton_schulz,
     newton_schulz_ref,
 )
 from memory.ops import scan as scan_mod
+from memory.ops.mlstm import _normalize
 
 METHODS = ["loop", "parallel", "auto"]
 F32 = dict(rtol=1e-4, atol=1e-5)
@@ -377,6 +385,250 @@ def test_errors_are_clear():
         newton_schulz(torch.randn(5))
     with pytest.raises(ValueError, match="steps must be an int >= 0"):
         newton_schulz(torch.randn(3, 3), steps=-1)
+
+
+# ------------------------------------------------------------------------------------ mLSTM cell
+# Kernels (memory/ops/mlstm.py) against the plain recurrence mlstm_ref, in float64, with random
+# resets and a non-trivial carried state. Layout: q, k [B, H, T, dk], v [B, H, T, dv], gates
+# [B, H, T], reset [B, T].
+
+F64 = torch.float64
+
+
+def _cell_inputs(B=2, H=2, T=23, dk=3, dv=4, reset_p=0.2, gate_scale=3.0, seed=0, dtype=F64, state=True):
+    """Random cell inputs: q (scaled), k, v, ig, lf, reset [B, T] and a non-trivial carried state."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    q, k, v = r(B, H, T, dk) * dk**-0.5, r(B, H, T, dk), r(B, H, T, dv)
+    ig = r(B, H, T) * gate_scale
+    lf = F.logsigmoid(r(B, H, T) * gate_scale + 1.0)
+    reset = torch.rand(B, T, generator=g) < reset_p
+    if state:
+        s0 = (r(B, H, dk, dv), r(B, H, dk), r(B, H))
+    else:
+        s0 = tuple(torch.zeros(*shape, dtype=dtype) for shape in [(B, H, dk, dv), (B, H, dk), (B, H)])
+    return [q, k, v, ig, lf], reset, s0
+
+
+def _cell_loss(outs, seed=5):
+    """A loss touching every output with random weights (so no gradient can hide in a sum)."""
+    g = torch.Generator().manual_seed(seed)
+    return sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+
+
+def _cell_grads(fn, tensors, reset, s0):
+    """fn(*tensors, reset, state) -> a flat list of outputs; returns (outputs, grads of every
+    input tensor and state tensor)."""
+    xs = [t.clone().requires_grad_(True) for t in tensors]
+    ss = tuple(t.clone().requires_grad_(True) for t in s0)
+    outs = fn(*xs, reset, ss)
+    leaves = xs + list(ss)
+    grads = torch.autograd.grad(_cell_loss(outs), leaves, allow_unused=True)
+    grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, grads)]
+    return [o.detach() for o in outs], grads
+
+
+def _close64(a, b, tol=1e-9):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def _all_close64(xs, ys, tol=1e-9):
+    assert len(xs) == len(ys)
+    for a, b in zip(xs, ys):
+        _close64(a, b, tol)
+
+
+def _ref_h(*a):
+    h, state, _, _ = mlstm_ref(*a)
+    return [h, *state]
+
+
+def _rec_h(*a):
+    h, state, _ = mlstm_recurrent(*a)
+    return [h, *state]
+
+
+def _chunk_h(chunk):
+    def fn(*a):
+        h, state = mlstm_chunkwise(*a, chunk_size=chunk)
+        return [h, *state]
+
+    return fn
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    T=st.integers(1, 30),
+    reset_p=st.sampled_from([0.0, 0.2, 0.7]),
+    gate_scale=st.sampled_from([0.5, 3.0, 10.0]),
+    seed=st.integers(0, 10_000),
+)
+def test_mlstm_recurrent_matches_reference(T, reset_p, gate_scale, seed):
+    tensors, reset, s0 = _cell_inputs(T=T, reset_p=reset_p, gate_scale=gate_scale, seed=seed)
+    out_ref, g_ref = _cell_grads(_ref_h, tensors, reset, s0)
+    out, g = _cell_grads(_rec_h, tensors, reset, s0)
+    _all_close64(out, out_ref)
+    _all_close64(g, g_ref)
+    # keep_states: every C_t, as the reference's.
+    _, _, C_all = mlstm_recurrent(*tensors, reset, s0, keep_states=True)
+    _close64(C_all, mlstm_ref(*tensors, reset, s0)[2])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 40),
+    chunk=st.integers(1, 17),
+    reset_p=st.sampled_from([0.0, 0.1, 0.3, 0.7]),
+    gate_scale=st.sampled_from([0.5, 3.0, 10.0]),
+    seed=st.integers(0, 10_000),
+)
+def test_mlstm_chunkwise_matches_reference(T, chunk, reset_p, gate_scale, seed):
+    tensors, reset, s0 = _cell_inputs(T=T, reset_p=reset_p, gate_scale=gate_scale, seed=seed)
+    out_ref, g_ref = _cell_grads(_ref_h, tensors, reset, s0)
+    out, g = _cell_grads(_chunk_h(chunk), tensors, reset, s0)
+    _all_close64(out, out_ref)
+    _all_close64(g, g_ref)
+
+
+@pytest.mark.parametrize("pattern", ["first", "every", "consecutive", "chunk_edges", "last"])
+def test_mlstm_reset_patterns_exact(pattern):
+    """Resets at the awkward places: the first step (carried state dropped), every step, runs
+    of consecutive resets, exactly at chunk starts/ends, the last step."""
+    T, L = 16, 4
+    tensors, _, s0 = _cell_inputs(T=T, seed=3)
+    reset = torch.zeros(2, T, dtype=torch.bool)
+    if pattern == "first":
+        reset[:, 0] = True
+    elif pattern == "every":
+        reset[:] = True
+    elif pattern == "consecutive":
+        reset[0, 5:9] = True
+        reset[1, 2:4] = True
+    elif pattern == "chunk_edges":
+        reset[0, ::L] = True
+        reset[1, L - 1 :: L] = True
+    else:
+        reset[:, -1] = True
+    out_ref, g_ref = _cell_grads(_ref_h, tensors, reset, s0)
+    for fn in (_rec_h, _chunk_h(L)):
+        out, g = _cell_grads(fn, tensors, reset, s0)
+        _all_close64(out, out_ref)
+        _all_close64(g, g_ref)
+        if pattern == "first":  # the carried state cannot matter at all
+            assert all(t.abs().max() == 0 for t in g[-3:])
+
+
+def test_mlstm_reset_equals_fresh_state():
+    """Output after a reset equals running that episode alone from zeros (the cut is exact)."""
+    T, t0 = 20, 9
+    tensors, reset, s0 = _cell_inputs(T=T, reset_p=0.0, seed=4)
+    reset[:, t0] = True
+    h, s = mlstm_chunkwise(*tensors, reset, s0, chunk_size=4)
+    zeros = tuple(torch.zeros_like(t) for t in s0)
+    h2, s2 = mlstm_chunkwise(*[t[:, :, t0:] for t in tensors], reset[:, t0:], zeros, chunk_size=4)
+    _close64(h[:, :, t0:], h2, 1e-12)
+    _all_close64(s, s2, 1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_mlstm_stabilizer_matches_reference(chunk):
+    """m_t at every step (values and gradients in ig, lf, m0) equals the recurrence's."""
+    tensors, reset, s0 = _cell_inputs(T=29, reset_p=0.25, seed=7)
+    stab = lambda q, k, v, ig, lf, reset, s: [mlstm_stabilizer(ig, lf, reset, s[2], chunk_size=chunk)]  # noqa: E731
+    ref = lambda *a: [mlstm_ref(*a)[3]]  # noqa: E731
+    out_ref, g_ref = _cell_grads(ref, tensors, reset, s0)
+    out, g = _cell_grads(stab, tensors, reset, s0)
+    _all_close64(out, out_ref)
+    _all_close64(g, g_ref)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_mlstm_states_match_reference(chunk):
+    """Every C_t (time first) and the final (C, n, m), values and gradients."""
+    tensors, reset, s0 = _cell_inputs(T=29, reset_p=0.25, seed=7)
+
+    def states(q, k, v, ig, lf, reset, s):
+        C_all, final = mlstm_states(k, v, ig, lf, reset, s, chunk_size=chunk)
+        return [C_all, *final]
+
+    def ref(*a):
+        _, final, C_all, _ = mlstm_ref(*a)
+        return [C_all.permute(2, 0, 1, 3, 4), *final]
+
+    out_ref, g_ref = _cell_grads(ref, tensors, reset, s0)
+    out, g = _cell_grads(states, tensors, reset, s0)
+    _all_close64(out, out_ref)
+    _all_close64(g, g_ref)
+
+
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-9), (torch.float32, 2e-3)])
+def test_mlstm_large_gate_preactivations_stay_finite(dtype, tol):
+    """|pre-activations| ~ 30-100: exp(100) would overflow float32; the stabilizer keeps every
+    exponent <= 0. The kernels (float32 or float64) agree with the float64 reference."""
+    B, H, T, dk, dv = 2, 2, 48, 3, 4
+    g = torch.Generator().manual_seed(11)
+    sign = lambda: torch.where(torch.rand(B, H, T, generator=g) < 0.5, -1.0, 1.0)  # noqa: E731
+    mag = lambda: 30 + 70 * torch.rand(B, H, T, generator=g)  # noqa: E731
+    ig, fpre = (sign() * mag()).to(F64), (sign() * mag()).to(F64)
+    tensors, reset, s0 = _cell_inputs(B=B, H=H, T=T, dk=dk, dv=dv, reset_p=0.1, seed=2, state=False)
+    tensors[3], tensors[4] = ig, F.logsigmoid(fpre)
+    (h_ref, *s_ref), _ = _cell_grads(_ref_h, tensors, reset, s0)
+    low = [t.to(dtype) for t in tensors]
+    low_s0 = tuple(t.to(dtype) for t in s0)
+    for fn in (_rec_h, _chunk_h(16)):
+        (h, *s), gr = _cell_grads(fn, low, reset, low_s0)
+        assert torch.isfinite(h).all() and all(torch.isfinite(t).all() for t in [*s, *gr])
+        torch.testing.assert_close(h.double(), h_ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(s[0].double(), s_ref[0], rtol=tol, atol=tol)
+        torch.testing.assert_close(s[2].double(), s_ref[2], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("m_value", [0.0, -0.4, 0.7, -30.0, 25.0])
+@pytest.mark.parametrize("qn_value", [0.3, -3.0])
+def test_mlstm_overflow_free_normalizer_equals_the_formula(m_value, qn_value):
+    """_normalize rewrites num / (max(|qn|, exp(-m)) + eps) for m < 0; value and gradients are
+    the formula's (in float64, where the formula itself does not overflow), at m = 0 too."""
+    leaves = [torch.tensor(v, dtype=F64, requires_grad=True) for v in ([[1.3, -0.2]], [qn_value], [m_value])]
+    num, qn, m = leaves
+    a = _normalize(num, qn, m, 1e-6)
+    b = num / (torch.maximum(qn.abs(), torch.exp(-m)) + 1e-6)[..., None]
+    _close64(a, b, 1e-12)
+    for ga, gb in zip(torch.autograd.grad(a.sum(), leaves), torch.autograd.grad(b.sum(), leaves)):
+        _close64(ga, gb, 1e-12)
+
+
+def test_mlstm_cell_matches_mlstm_kernels_native_torch():
+    """mlstm_kernels (NX-AI) native-torch kernels on random inputs without resets (they have no
+    reset argument), with a carried initial state: our recurrence and chunkwise form vs their
+    recurrent sequence and chunkwise kernels. Their kernels take raw q (scaled inside) and the
+    forget-gate pre-activation."""
+    rec_mod = pytest.importorskip("mlstm_kernels.torch.recurrent.native_sequence")
+    chunk_mod = pytest.importorskip("mlstm_kernels.torch.chunkwise.native")
+    B, H, T, dk, dv = 2, 3, 32, 4, 5
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    q, k, v = r(B, H, T, dk), r(B, H, T, dk), r(B, H, T, dv)
+    ig, fpre = 3 * r(B, H, T), 3 * r(B, H, T) + 2
+    s0 = (r(B, H, dk, dv), r(B, H, dk), r(B, H))
+    no_reset = torch.zeros(B, T, dtype=torch.bool)
+    h_rec, (C, n, m), _ = mlstm_recurrent(q * dk**-0.5, k, v, ig, F.logsigmoid(fpre), no_reset, s0)
+    h_chk, (C2, n2, m2) = mlstm_chunkwise(q * dk**-0.5, k, v, ig, F.logsigmoid(fpre), no_reset, s0, chunk_size=8)
+    h_ref, (C_ref, n_ref, m_ref) = rec_mod.mlstm_recurrent_sequence__native_fw(
+        q, k, v, ig, fpre, c_initial=s0[0], n_initial=s0[1], m_initial=s0[2][..., None],
+        return_last_states=True, dtype_state=F64,
+    )
+    _close64(h_rec, h_ref, 1e-12)
+    _close64(h_chk, h_ref, 1e-10)
+    for a, b in [(C, C_ref), (n, n_ref), (m, m_ref.squeeze(-1)), (C2, C_ref), (m2, m_ref.squeeze(-1))]:
+        _close64(a, b, 1e-10)
+    h_ck, (C_ck, n_ck, m_ck) = chunk_mod.mlstm_chunkwise__native_autograd(
+        q, k, v, ig, fpre, c_initial=s0[0], n_initial=s0[1], m_initial=s0[2],
+        return_last_states=True, chunk_size=8,
+    )
+    _close64(h_chk, h_ck, 1e-10)
+    _close64(C2, C_ck, 1e-10)
+    _close64(n2, n_ck, 1e-10)
+    _close64(m2, m_ck.reshape(m2.shape), 1e-10)
 
 
 # -------------------------------------------------------------------------------------------- GPU

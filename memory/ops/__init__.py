@@ -4,14 +4,18 @@
 - ``matrix_scan(m, reset, state0=None)``: H[t] = (I if reset[t] else H[t-1]) @ m[t]
 - ``newton_schulz(x, steps=5, eps=1e-7)``: Muon's quintic orthogonalization of [..., m, n]
 - ``gru_layer(xw, h0, keep, w_hh, b_hh)``: one GRU layer over [T, B] with resets, hand-written backward
+- ``mlstm_recurrent``, ``mlstm_chunkwise``, ``mlstm_stabilizer``, ``mlstm_states``: the mLSTM cell
+  (q, k [B, H, T, dk], v [B, H, T, dv], gates [B, H, T], reset [B, T]) step by step, chunkwise,
+  its stabilizer m_t alone, every state C_t; one reference ``mlstm_ref`` for all four
 
 Each has a plain reference loop beside it (``*_ref``); the fast paths are tested against them.
 """
 
-from memory.ops.reference import linear_scan_ref, matrix_scan_ref, newton_schulz_ref
+from memory.ops.reference import linear_scan_ref, matrix_scan_ref, mlstm_ref, newton_schulz_ref
 from memory.ops.scan import linear_scan, matrix_scan
 from memory.ops.newton_schulz import newton_schulz
 from memory.ops.gru import gru_layer, gru_layer_ref
+from memory.ops.mlstm import mlstm_chunkwise, mlstm_recurrent, mlstm_stabilizer, mlstm_states
 
 __all__ = [
     "linear_scan",
@@ -19,6 +23,11 @@ __all__ = [
     "newton_schulz",
     "gru_layer",
     "gru_layer_ref",
+    "mlstm_recurrent",
+    "mlstm_chunkwise",
+    "mlstm_stabilizer",
+    "mlstm_states",
+    "mlstm_ref",
     "linear_scan_ref",
     "matrix_scan_ref",
     "newton_schulz_ref",

@@ -64,3 +64,47 @@ def newton_schulz_ref(x: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
         Bm = b * A + c * (A @ A)
         X = a * X + Bm @ X
     return X.mT if tall else X
+
+
+def mlstm_ref(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    ig: Tensor,
+    lf: Tensor,
+    reset: Tensor,
+    state: tuple[Tensor, Tensor, Tensor],
+    eps: float = 1e-6,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor, Tensor]:
+    """The stabilized mLSTM recurrence (docs/design.md section 1), one step at a time; the
+    reference of mlstm_recurrent, mlstm_chunkwise, mlstm_stabilizer and mlstm_states.
+
+        m_t = max(lf_t + m_{t-1}, ig_t);  f' = exp(lf_t + m_{t-1} - m_t);  i' = exp(ig_t - m_t)
+        C_t = f' C_{t-1} + i' k_t v_t^T;  n_t = f' n_{t-1} + i' k_t
+        h_t = q_t^T C_t / (max(|q_t^T n_t|, exp(-m_t)) + eps)
+
+    with (C, n, m) restarted from zeros before a step where reset is set. q, k [B, H, T, dk]
+    (q already scaled); v [B, H, T, dv]; ig, lf [B, H, T]; reset bool [B, T]; state (C [B, H, dk,
+    dv], n [B, H, dk], m [B, H]). Returns h [B, H, T, dv], the final (C, n, m), every C_t
+    [B, H, T, dk, dv] and every m_t [B, H, T]. The normalizer is the formula as written: exp(-m)
+    overflows float32 for m < -88 (the kernels avoid that); compare in float64."""
+    C, n, m = state
+    hs, Cs, ms = [], [], []
+    for q_t, k_t, v_t, i_t, f_t, r_t in zip(
+        q.unbind(2), k.unbind(2), v.unbind(2), ig.unbind(2), lf.unbind(2), reset.unbind(1)
+    ):
+        C = torch.where(_batch_mask(r_t, C.dim()), torch.zeros_like(C), C)
+        n = torch.where(_batch_mask(r_t, n.dim()), torch.zeros_like(n), n)
+        m = torch.where(_batch_mask(r_t, m.dim()), torch.zeros_like(m), m)
+        m_new = torch.maximum(f_t + m, i_t)
+        f_p = torch.exp(f_t + m - m_new)[..., None]  # [B, H, 1]
+        i_p = torch.exp(i_t - m_new)[..., None]
+        C = f_p[..., None] * C + i_p[..., None] * torch.einsum("bhk,bhv->bhkv", k_t, v_t)
+        n = f_p * n + i_p * k_t
+        m = m_new
+        num = torch.einsum("bhk,bhkv->bhv", q_t, C)
+        den = torch.maximum(torch.einsum("bhk,bhk->bh", q_t, n).abs(), torch.exp(-m)) + eps
+        hs.append(num / den[..., None])
+        Cs.append(C)
+        ms.append(m)
+    return torch.stack(hs, 2), (C, n, m), torch.stack(Cs, 2), torch.stack(ms, 2)
