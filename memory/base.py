@@ -1,4 +1,4 @@
-"""The one interface every memory backbone implements (DESIGN.md, contract 1).
+"""The one interface every memory backbone implements (docs/design.md, contract 1).
 
 Shapes: x [T, B, input_size] -> y [T, B, output_size]. T = 1 while acting, T = a whole sequence
 while learning; the same call serves both. ``reset`` is bool [T, B]; reset[t, b] means x[t, b] is

@@ -30,12 +30,12 @@ class _Recurrent(Memory):
     - ``packed``: every episode segment of every env becomes its own sequence of one
       PackedSequence (zero start state, or the carried state for each env's first segment), so
       one fused call covers the whole [T, B] however many resets it has; outputs are scattered
-      back to [T, B]. On CPU torch's packed LSTM is slow: 3.3-3.6x the loop's training step
-      (B 16, T 128, hidden 128, 3 or 20 resets per env; benchmarks/backbones.py), so it is opt-in;
-      it is there for GPUs, where a step loop is bound by kernel launches (not measured yet).
+      back to [T, B]. On CPU torch's packed LSTM is slow: several times the loop's training step
+      (benchmarks/backbones.py), so it is opt-in; it is there for GPUs, where a step loop is
+      bound by kernel launches (not measured yet).
     - ``loop``: one input projection for all T, then a step loop with the reset mask folded in.
       Its cost does not depend on the resets, so it wins when short episodes cut a sequence into
-      many runs (measured crossover: about T/4 runs on CPU; benchmarks/backbones.py). The GRU's
+      many runs (the crossover on CPU: benchmarks/backbones.py). The GRU's
       loop is memory.ops.gru_layer (hand-written backward).
     ``auto`` picks fused or loop per call (on CPU: LSTM acting steps, T = 1, and GRU training,
     T > 1, take the loop)."""
@@ -57,7 +57,7 @@ class _Recurrent(Memory):
         self.hidden_size, self.num_layers, self.impl = hidden_size, num_layers, impl
         self.rnn = self.cell_cls(input_size, hidden_size, num_layers=num_layers)
         # CleanRL's recurrent PPO details: orthogonal recurrent/input weights (gain 1; the public
-        # baseline of REFERENCES.md uses sqrt(2): init_gain), zero biases.
+        # baseline in docs/design.md section 7 uses sqrt(2): init_gain), zero biases.
         for name, p in self.rnn.named_parameters():
             if "bias" in name:
                 nn.init.zeros_(p)
@@ -171,8 +171,8 @@ class LSTM(_Recurrent):
 
     def _loop_first(self, x: Tensor) -> bool:
         # One acting step (T = 1): the loop's two products and five element-wise ops cost less
-        # than a call into torch's mkldnn kernel (B 16: 0.13 vs 0.20 ms; B 64: 0.24 vs 0.32 ms,
-        # benchmarks/backbones.py act column). For training sequences the fused kernel wins.
+        # than a call into torch's mkldnn kernel (benchmarks/backbones.py, act column). For
+        # training sequences the fused kernel wins.
         return x.device.type == "cpu" and x.shape[0] == 1
 
     def _cell(self, xw, carry, w_hh, b_hh):
@@ -187,8 +187,8 @@ class GRU(_Recurrent):
 
     def _loop_first(self, x: Tensor) -> bool:
         # torch has no fused GRU kernel on CPU: nn.GRU runs its own autograd step loop, which
-        # gru_layer's hand-written backward beats for training (B 4 / 16, T 128, hidden 128:
-        # 1.5x / 1.3x, benchmarks/backbones.py); a single acting step is cheaper through nn.GRU.
+        # gru_layer's hand-written backward beats for training (benchmarks/backbones.py); a
+        # single acting step is cheaper through nn.GRU.
         return x.device.type == "cpu" and x.shape[0] > 1
 
     def _loop(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:

@@ -1,4 +1,4 @@
-"""Batched kernels the memory backbones share (REFERENCES.md sections 3, 4, 6).
+"""Batched kernels the memory backbones share (docs/design.md sections 1, 3, 4, 6).
 
 - ``linear_scan(gate, x, reset, state0=None)``: h[t] = gate[t] * (0 if reset[t] else h[t-1]) + x[t]
 - ``matrix_scan(m, reset, state0=None)``: H[t] = (I if reset[t] else H[t-1]) @ m[t]

@@ -1,10 +1,10 @@
-"""Newton-Schulz orthogonalization (Muon's quintic iteration, REFERENCES.md section 3).
+"""Newton-Schulz orthogonalization (Muon's quintic iteration, docs/design.md section 3).
 
 The fast path fuses each iteration into three batched products over all leading dims at once:
     A = X X^T;  B = b A + c A A  (one baddbmm);  X = a X + B X  (one baddbmm)
 against six ops (three products, three element-wise) in the plain form, writing into
 preallocated buffers (out=): on the project's CPU machines allocation dominated big batched
-matrix work (REFERENCES.md section 8), every fresh [8192, 32, 32] temporary being mapped afresh
+matrix work (docs/design.md section 8), every fresh [8192, 32, 32] temporary being mapped afresh
 by glibc. With autograd, a custom backward does 4 products per step instead of autograd's 6.
 """
 

@@ -2,7 +2,7 @@
 obviously right. The fast paths in this package are tested against these.
 
 Loops iterate over ``x.unbind(0)``: indexing x[t] inside an autograd loop makes the backward
-O(T^2), because every x[t] backward builds a full-size zero gradient (REFERENCES.md, last section).
+O(T^2), because every x[t] backward builds a full-size zero gradient (docs/design.md section 8).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Muon's quintic coefficients (REFERENCES.md section 3).
+# Muon's quintic coefficients (docs/design.md section 3).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 

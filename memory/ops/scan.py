@@ -1,11 +1,11 @@
-"""Scans with episode resets: linear_scan and matrix_scan (REFERENCES.md sections 4 and 6).
+"""Scans with episode resets: linear_scan and matrix_scan (docs/design.md sections 4 and 6).
 
 Two implementations of each, chosen by ``method``:
 
 - ``"loop"``: a loop over t inside a custom autograd.Function, writing into preallocated outputs
   (out=, addcmul/baddbmm, no per-step allocation) and with a hand-written backward that is itself
-  a reverse loop. The right choice on CPU: on 2 cores a generic associative scan was 25x slower
-  than a loop (REFERENCES.md section 6), and the per-op overhead of autograd through a Python loop
+  a reverse loop. The right choice on CPU: on 2 cores a generic associative scan was much slower
+  than a loop (docs/design.md section 6), and the per-op overhead of autograd through a Python loop
   (one graph node per op per step) is what this path removes.
 - ``"parallel"``: Hillis-Steele over time (log2(T) stages of full-size batched ops) with a
   segmented combine for resets; the backward is the reverse scan by the same algorithm. Meant for
@@ -34,8 +34,8 @@ METHODS = ("auto", "loop", "parallel")
 PARALLEL_MIN_T = 32
 # CPU: the parallel form only where per-op overhead dominates: at most this many elements per
 # step and per sequence (measured on 2 cores, one thread, forward+backward: at <= 256 elements per
-# step the parallel form ran 1.6-9x faster than the loop; at >= 1024 the loop won by 1.2-13x, and
-# at 256 elements x T=2048 the loop won again as the working set left the cache).
+# step the parallel form beat the loop; from 1024 on the loop won, and at 256 elements x T=2048
+# the loop won again as the working set left the cache; see benchmarks/ops.py).
 CPU_PARALLEL_MAX_STEP = 256
 CPU_PARALLEL_MAX_TOTAL = 2**17
 
@@ -232,7 +232,7 @@ def _matrix_loop(m: Tensor, reset: Tensor, state0: Tensor | None) -> Tensor:
 
 def _matrix_hillis_steele(m: Tensor, reset: Tensor, state0: Tensor | None) -> Tensor:
     """Segmented Hillis-Steele: (P1, r1) + (P2, r2) = (P2 if r2 else P1 @ P2, r1 or r2)
-    (REFERENCES.md section 4); the carried state enters as state0 @ m[0] where reset[0] is False."""
+    (docs/design.md section 4); the carried state enters as state0 @ m[0] where reset[0] is False."""
     T = m.shape[0]
     P = m.clone(memory_format=torch.contiguous_format)  # [T, B, ..., o, o]
     if state0 is not None:
