@@ -11,5 +11,6 @@ from memory.registry import describe, make, names, options, parse_options, regis
 from memory import classic  # noqa: E402,F401  lstm, gru, mlp
 from memory import mlstm  # noqa: E402,F401  mlstm, mlstm-orth
 from memory import mru  # noqa: E402,F401  mru
+from memory import mingru  # noqa: E402,F401  mingru
 
 __all__ = ["Memory", "State", "make", "names", "options", "parse_options", "register", "describe"]
