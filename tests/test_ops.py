@@ -129,6 +129,51 @@ def test_linear_scan_semantics(method):
     torch.testing.assert_close(out, linear_scan_ref(f, C, reset, C0), **F32)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    T=st.integers(1, 40),
+    trailing=st.sampled_from([(3,), (2, 3)]),
+    gate_bcast=st.booleans(),
+    reset_kind=RESETS,
+    with_state0=st.booleans(),
+    method=st.sampled_from(METHODS),
+    seed=st.integers(0, 2**16),
+)
+def test_linear_scan_complex_matches_reference(T, trailing, gate_bcast, reset_kind, with_state0, method, seed):
+    """Complex gates and inputs (the diagonal complex recurrences, lru and ffm): values and
+    gradients (torch's conjugate convention) equal the reference's."""
+    g = torch.Generator().manual_seed(seed)
+    B = 3
+    xshape = (T, B, *trailing)
+    gshape = (T, B, *trailing[:-1], 1) if gate_bcast else xshape
+    c = lambda *s: torch.complex(torch.randn(*s, generator=g), torch.randn(*s, generator=g))  # noqa: E731
+    x = c(*xshape).requires_grad_()
+    gate = (0.9 * torch.polar(torch.rand(gshape, generator=g), 6.3 * torch.rand(gshape, generator=g))).requires_grad_()
+    reset = _reset(reset_kind, T, B, g)
+    state0 = c(*xshape[1:]).requires_grad_() if with_state0 else None
+    inputs = [gate, x] + ([state0] if with_state0 else [])
+    w = c(*xshape)
+    ref = linear_scan_ref(gate, x, reset, state0)
+    out = linear_scan(gate, x, reset, state0, method=method)
+    _close(out, ref)
+    # A real loss of complex outputs: Re(sum(w * h)).
+    ga = torch.autograd.grad((out * w).real.sum(), inputs)
+    gb = torch.autograd.grad((ref * w).real.sum(), inputs)
+    for a, b in zip(ga, gb):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_linear_scan_complex_gradcheck(method):
+    g = torch.Generator().manual_seed(0)
+    c = lambda *s: torch.complex(torch.randn(*s, generator=g, dtype=torch.float64), torch.randn(*s, generator=g, dtype=torch.float64))  # noqa: E731
+    x = c(5, 2, 3).requires_grad_()
+    gate = (0.5 * c(5, 2, 1)).requires_grad_()
+    s0 = c(2, 3).requires_grad_()
+    reset = torch.tensor([[False, True], [False, False], [True, False], [False, False], [False, True]])
+    assert torch.autograd.gradcheck(lambda a, b, s: linear_scan(a, b, reset, s, method=method), (gate, x, s0))
+
+
 def test_linear_scan_non_contiguous_and_inputs_untouched():
     x = torch.randn(3, 7, 4).transpose(0, 1)  # [T=7, B=3, 4], non-contiguous
     gate = torch.rand(7, 3, 1)
@@ -371,7 +416,7 @@ def test_errors_are_clear():
         linear_scan(torch.ones(T, B, 1), x, r, x)
     with pytest.raises(ValueError, match="gate and x must share a dtype"):
         linear_scan(torch.ones(T, B, 1, dtype=torch.float64), x, r)
-    with pytest.raises(ValueError, match="x must be a floating-point tensor, got dtype torch.int64"):
+    with pytest.raises(ValueError, match="x must be a floating-point or complex tensor, got dtype torch.int64"):
         linear_scan(torch.ones(T, B, 1), torch.ones(T, B, 1, dtype=torch.long), r)
     with pytest.raises(ValueError, match=r"square o x o matrices, got \[4, 2, 3, 5\]"):
         matrix_scan(torch.randn(T, B, 3, 5), r)

@@ -1,6 +1,7 @@
 """Batched kernels the memory backbones share (docs/design.md sections 1, 3, 4, 6).
 
 - ``linear_scan(gate, x, reset, state0=None)``: h[t] = gate[t] * (0 if reset[t] else h[t-1]) + x[t]
+  (float or complex: the diagonal complex recurrences of lru and ffm)
 - ``matrix_scan(m, reset, state0=None)``: H[t] = (I if reset[t] else H[t-1]) @ m[t]
 - ``newton_schulz(x, steps=5, eps=1e-7)``: Muon's quintic orthogonalization of [..., m, n]
 - ``gru_layer(xw, h0, keep, w_hh, b_hh)``: one GRU layer over [T, B] with resets, hand-written backward

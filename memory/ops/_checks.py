@@ -26,10 +26,17 @@ def check_float(name: str, what: str, t: Tensor) -> None:
         raise ValueError(f"{name}: {what} must be a floating-point tensor, got dtype {t.dtype}")
 
 
+def check_float_or_complex(name: str, what: str, t: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name}: {what} must be a floating-point or complex tensor, got {type(t).__name__}")
+    if not (t.is_floating_point() or t.is_complex()):
+        raise ValueError(f"{name}: {what} must be a floating-point or complex tensor, got dtype {t.dtype}")
+
+
 def check_linear_scan(gate: Tensor, x: Tensor, reset: Tensor, state0: Tensor | None) -> None:
     name = "linear_scan"
-    check_float(name, "x", x)
-    check_float(name, "gate", gate)
+    check_float_or_complex(name, "x", x)
+    check_float_or_complex(name, "gate", gate)
     if x.dim() < 2:
         raise ValueError(f"{name}: x must be [T, B, ...] (at least 2 dims), got {_shape(x)}")
     if gate.dim() != x.dim() or any(g != 1 and g != s for g, s in zip(gate.shape, x.shape)):
@@ -45,7 +52,7 @@ def check_linear_scan(gate: Tensor, x: Tensor, reset: Tensor, state0: Tensor | N
     if reset.device != x.device:
         raise ValueError(f"{name}: reset must be on x's device {x.device}, got {reset.device}")
     if state0 is not None:
-        check_float(name, "state0", state0)
+        check_float_or_complex(name, "state0", state0)
         if state0.shape != x.shape[1:]:
             raise ValueError(f"{name}: state0 must be x.shape[1:] = {_shape(x)[1:]}, got {_shape(state0)}")
         if state0.dtype != x.dtype or state0.device != x.device:

@@ -118,6 +118,9 @@ class _LinearScan(torch.autograd.Function):
         g, keep, h, state0 = ctx.saved_tensors
         # a[t] = dL/dh[t] in total = grad_h[t] + g[t+1] a[t+1]: the reverse scan with gates shifted
         # by one step; a reset at t+1 (g[t+1] = 0) cuts it.
+        # Complex inputs: torch's convention passes grad * conj(derivative), so the gates and
+        # states enter conjugated (for real tensors conj() returns the tensor itself).
+        g = g.conj()
         if ctx.method == "loop":
             a = _linear_loop_shifted_reverse(g, grad_h)  # [T, B, ...]
         else:
@@ -126,7 +129,8 @@ class _LinearScan(torch.autograd.Function):
         grad_gate = grad_state0 = None
         if ctx.needs_input_grad[0]:
             # dh[t]/dg[t] = h[t-1] (state0 at t = 0); dg/dgate = keep.
-            grad_g = _dot_to(a, h, state0, g.shape)  # [T, B, gate's trailing dims]
+            s0 = None if state0 is None else state0.conj()
+            grad_g = _dot_to(a, h.conj(), s0, g.shape)  # [T, B, gate's trailing dims]
             grad_gate = _sum_to(grad_g * keep, ctx.gate_shape)
         if ctx.has_state0 and ctx.needs_input_grad[3]:
             grad_state0 = g[0] * a[0]
@@ -181,7 +185,7 @@ def linear_scan(
 ) -> Tensor:
     """h[t] = gate[t] * (0 if reset[t] else h[t-1]) + x[t], h[-1] = state0 (zeros if None).
 
-    x: [T, B, ...] float; gate: same number of dims as x, each dim equal to x's or 1 (e.g.
+    x: [T, B, ...] float or complex; gate: same number of dims as x, each dim equal to x's or 1 (e.g.
     [T, B, H, 1, 1] for x [T, B, H, dk, dv], or [T, B, H, 1] for x [T, B, H, dk]);
     reset: bool [T, B]; state0: x.shape[1:] or None. Returns h [T, B, ...] in x's dtype.
     Differentiable in gate, x and state0. method: "auto" | "loop" | "parallel" (module docstring)."""
