@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from agents.config import (  # noqa: F401  (re-exported: train.Args and friends are the public names)
-    RUNTIME_FIELDS, Args, UsageError, given_fields, make_agent, make_collector, make_env, make_optimizer,
-    resolve_device, run_dir_name, tune_malloc, validate,
+    RUNTIME_FIELDS, Args, UsageError, apply_preset, given_fields, make_agent, make_collector, make_env,
+    make_optimizer, resolve_device, run_dir_name, tune_malloc, validate,
 )
 
 
@@ -55,16 +55,22 @@ def run(args: Args, on_update: Callable[[int], bool] | None = None, given: set[s
     from agents.ppo import NonFiniteError, ppo_update
     from agents.progress import Progress
 
-    # 1. Config: a fresh run, or the stored config of the run being resumed (checked first).
+    # 1. Config: a fresh run (flags over the env's preset), or the stored config of the run being
+    # resumed (checked first).
+    given = given_fields(args) if given is None else given
     res = None
-    if args.resume is not None:
-        res = runs.open_resume(args, given_fields(args) if given is None else given)
+    if args.resume is None:
+        args = apply_preset(args, given)
+    else:
+        res = runs.open_resume(args, given)
         args, run_dir = res.args, res.run_dir
         if res.finished and res.extended_from is None:
             print(f"{run_dir} has finished ({res.ckpt['global_step']:,} steps, result.json); nothing to do. "
                   f"To train it further: --resume {run_dir} --total-timesteps N (N > {args.total_timesteps:,})", file=sys.stderr)
             return Outcome(run_dir)
     checked = validate(args)
+    if res is None and args.preset_applied:
+        print(f"preset {args.preset_applied} (flags given win; --preset none: the plain defaults)", file=sys.stderr)
     if res is None:
         run_dir = Path(args.runs_dir) / (args.run_name or run_dir_name(args))
         if run_dir.exists():

@@ -40,6 +40,28 @@ def _main(argv, capsys):
         (["--obs-encoder", "cells"], "obs encoder 'cells' needs MiniGrid's compact observation"),
         (["--actor-init-gain", "0"], "--actor-init-gain must be > 0"),
         (["--env-id", "MiniGrid-MemoryS7-v0", "--view-size", "4"], "odd and >= 3"),
+        # issue 13: every numeric flag in its range, non-finite values refused
+        (["--learning-rate", "-1"], r"--learning-rate must be > 0 and finite, got -1.0"),
+        (["--learning-rate", "nan"], r"--learning-rate must be > 0 and finite, got nan"),
+        (["--learning-rate", "inf"], r"--learning-rate must be > 0 and finite, got inf"),
+        (["--max-grad-norm", "-1"], r"--max-grad-norm must be > 0 and finite"),
+        (["--clip-coef", "nan"], r"--clip-coef must be > 0 and finite"),
+        (["--ent-coef", "-0.1"], r"--ent-coef must be >= 0 and finite"),
+        (["--vf-coef", "inf"], r"--vf-coef must be >= 0 and finite"),
+        (["--target-kl", "0"], r"--target-kl must be > 0 and finite"),
+        (["--gamma", "1.5"], r"--gamma must be in \(0, 1\] and finite"),
+        (["--gae-lambda", "nan"], r"--gae-lambda must be in \[0, 1\] and finite"),
+        (["--frac-noise", "1.2"], r"--frac-noise must be in \[0, 1\] and finite"),
+        (["--vocab-size", "0"], r"--vocab-size must be >= 1"),
+        (["--seq-len", "-3"], r"--seq-len must be >= 1"),
+        (["--seed", "-1"], r"--seed must be in \[0, 2\*\*32 - 1 - num-envs\]"),
+        (["--eval-episodes", "-1"], r"--eval-episodes must be >= 0"),
+        (["--noise-vocab-size", "7"], r"vocab_size - noise_vocab_size \(keys \+ values\) must be even"),  # the env's own check
+        # --env-kwargs reaches every env, NoisyRecall included (it used to be ignored there)
+        (["--env-kwargs", "foo=1"], r"bad NoisyRecall parameter: .*foo"),
+        (["--env-kwargs", "vocab_size=4"], r"--env-kwargs vocab_size=\.\.\. duplicates a flag: use --vocab-size"),
+        (["--env-id", "CartPole-v1", "--env-kwargs", "foo=1"], r"bad keyword for env 'CartPole-v1'"),
+        (["--env-id", "MiniGrid-MemoryS7-v0", "--env-kwargs", "foo=1"], r"bad keyword for env 'MiniGrid-MemoryS7-v0'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match):
@@ -168,6 +190,10 @@ def test_resume_keeps_every_logged_point(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     part = train.train(_args(tmp_path, "p"), on_update=lambda u: u == 2)
+    # Events files are read in name order: events.out.tfevents.<second>.<host>.<pid>.<counter>. In one
+    # process within one second the counter decides, and "...10" sorts before "...9"; separate
+    # processes (a real resume) always differ in pid or second. Start the resume in a later second.
+    time.sleep(1.05)
     train.train(train.Args(resume=str(part), progress=False))
     acc = EventAccumulator(str(part))
     acc.Reload()
@@ -253,3 +279,91 @@ def test_async_rollouts_lag_the_policy_by_exactly_one_update(tmp_path):
     got = _params(run)
     for k, v in agent.state_dict().items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=k)
+
+
+# ------------------------------------------------------------------------------ issue 13: run safety
+
+
+def test_unwritable_runs_dir_is_one_line(capsys):
+    code, err = _main([*SMALL, "--runs-dir", "/proc/memrl-x"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: cannot create run directory /proc/memrl-x/"), err
+
+
+def test_env_kwargs_reach_noisy_recall(tmp_path, capsys):
+    """NoisyRecall takes --env-kwargs like every env: a keyword it knows is passed on (render_mode,
+    the one it has beyond the four flags), one it does not know is an error (the bad-input table)."""
+    run = train.train(_args(tmp_path, "kw", env_id="memrl/NoisyRecall-v0", env_kwargs=("render_mode=None",), total_timesteps=64))
+    assert json.loads((run / "config.json").read_text())["env_kwargs"] == ["render_mode=None"]
+    code, err = _main([*SMALL, "--runs-dir", str(tmp_path), "--env-kwargs", "render_mode='human'"], capsys)
+    assert code == 2 and "has no render modes, got 'human'" in err
+
+
+def _snapshot(d: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
+    run = train.train(_args(tmp_path, "done", total_timesteps=128))
+    before = _snapshot(run)
+    code, err = _main(["--resume", str(run)], capsys)
+    assert code == 0 and "has finished" in err and "--total-timesteps N" in err
+    assert _snapshot(run) == before
+
+
+def test_resume_refuses_run_defining_flags(tmp_path, capsys):
+    part = train.train(_args(tmp_path, "p"), on_update=lambda u: u == 1)
+    capsys.readouterr()
+    before = _snapshot(part)
+    for argv, name in ((["--backbone", "gru"], "--backbone"), (["--learning-rate", "0.1"], "--learning-rate"),
+                       (["--seed", "1"], "--seed"), (["--runs-dir", str(tmp_path)], "--runs-dir")):
+        code, err = _main(["--resume", str(part), *argv], capsys)
+        assert code == 2 and err.startswith(f"error: {name} cannot be given with --resume"), err
+        assert len(err.strip().splitlines()) == 1
+    code, err = _main(["--resume", str(part), "--total-timesteps", "64"], capsys)
+    assert code == 2 and "is below the run's 384" in err
+    assert _snapshot(part) == before
+
+
+def test_resume_detects_an_edited_config_and_mismatched_weights(tmp_path, capsys):
+    part = train.train(_args(tmp_path, "p"), on_update=lambda u: u == 1)
+    capsys.readouterr()
+    cfg_path = part / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "backbone": "gru"}))
+    code, err = _main(["--resume", str(part)], capsys)
+    assert code == 2 and "config.json says backbone='gru' but the checkpoint was trained with backbone='lstm'" in err
+    cfg_path.write_text(json.dumps(cfg))
+    # A checkpoint whose stored arguments do not match its weights (hidden size changed in both).
+    ck = torch.load(part / "checkpoint.pt", weights_only=False)
+    ck["args"]["hidden_size"] = 32
+    torch.save(ck, part / "checkpoint.pt")
+    cfg_path.write_text(json.dumps({**cfg, "hidden_size": 32}))
+    code, err = _main(["--resume", str(part)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "its weights do not fit the arguments stored with it" in lines[0], err
+    assert not (part / "result.json").exists()
+
+
+def test_resume_extends_a_run_and_cleans_partial_writes(tmp_path, capsys):
+    full = train.train(_args(tmp_path, "full", total_timesteps=8 * 64))
+    short = train.train(_args(tmp_path, "short"))  # 6 updates, finished
+    time.sleep(1.05)  # the extension's events file must sort after the first (see above)
+    (short / "checkpoint.pt.abc123.tmp").write_bytes(b"half")
+    first_result = json.loads((short / "result.json").read_text())
+    code, err = _main(["--resume", str(short), "--total-timesteps", str(8 * 64)], capsys)
+    assert code == 0 and "extending" in err
+    assert not list(short.glob("*.tmp"))
+    assert json.loads((short / "result_384.json").read_text()) == first_result  # the first finish is kept
+    res = json.loads((short / "result.json").read_text())
+    assert res["global_step"] == 8 * 64 and json.loads((short / "config.json").read_text())["total_timesteps"] == 8 * 64
+    ck = torch.load(short / "checkpoint.pt", weights_only=False)
+    assert ck["update"] == 8 and ck["args"]["total_timesteps"] == 8 * 64
+    # The learning rate follows the new total's schedule from the resume point on.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(short))
+    acc.Reload()
+    lr = {e.step: e.value for e in acc.Scalars("charts/learning_rate")}
+    assert lr[7 * 64] == pytest.approx(1e-3 * (1 - 6 / 8)) and lr[6 * 64] == pytest.approx(1e-3 * (1 - 5 / 6))
+    assert full.exists()
