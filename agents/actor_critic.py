@@ -8,6 +8,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from agents.encoders import make_encoder
+from agents.nested import tree_map
 from memory import Memory, State
 
 
@@ -31,7 +32,7 @@ class ActorCritic(nn.Module):
     branch_size > 0 gives the policy and the value each their own hidden layer (Linear+ReLU) after
     that; relu_memory puts a ReLU on the memory output; actor_init_gain scales the orthogonal init
     of the policy's output layer (CleanRL: 0.01, a near-uniform first policy). Together they give
-    the architecture of the public recurrent PPO baseline of REFERENCES.md (memory -> ReLU -> 512
+    the architecture of the public recurrent PPO baseline of docs/design.md section 8 (memory -> ReLU -> 512
     -> two 512 branches, output gain sqrt(2)); see the README's MiniGrid section.
 
     ``step`` serves acting (one step of a batch of envs); ``forward_sequence`` serves learning
@@ -95,12 +96,8 @@ def _branch(width: int, branch_size: int, out: int, gain: float) -> nn.Module:
 
 
 def _flatten_obs(obs, n_lead: int):
-    if isinstance(obs, dict):
-        return {k: _flatten_obs(v, n_lead) for k, v in obs.items()}
-    return obs.reshape(-1, *obs.shape[n_lead:])
+    return tree_map(lambda o: o.reshape(-1, *o.shape[n_lead:]), obs)
 
 
 def _unsqueeze_obs(obs):
-    if isinstance(obs, dict):
-        return {k: v.unsqueeze(0) for k, v in obs.items()}
-    return obs.unsqueeze(0)
+    return tree_map(lambda o: o.unsqueeze(0), obs)

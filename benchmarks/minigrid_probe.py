@@ -30,11 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from agents.actor_critic import ActorCritic  # noqa: E402
-from agents.encoders import obs_to_tensor  # noqa: E402
+from agents import config as train
+from agents.actor_critic import ActorCritic
+from agents.encoders import obs_to_tensor
 
 
 def load_agent(run_dir: Path) -> tuple[train.Args, ActorCritic]:

@@ -3,7 +3,7 @@
 No RL: embedding(vocab) -> memory backbone (memory.make(name, d, d, **options)) -> Linear to the
 ns/2 value classes, cross-entropy on the scored positions only (value positions whose key was
 seen before, and the probe), AdamW for a fixed number of steps, several seeds (MAD's protocol,
-REFERENCES.md sections 2 and 5). Accuracy = correct / scored over fresh held-out sequences. It
+docs/design.md sections 2 and 5). Accuracy = correct / scored over fresh held-out sequences. It
 isolates memory quality from RL noise and is what the published noisy-recall numbers measure.
 
     python benchmarks/recall_probe.py --backbones lstm mlstm mlstm-orth --vocab-sizes 32 --seq-lens 128 \\

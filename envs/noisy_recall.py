@@ -1,6 +1,6 @@
 """NoisyRecall: MAD's noisy in-context recall (multi-query variant) as a gymnasium environment.
 
-The task (REFERENCES.md section 5, athms/mad-lab ``mad/data/instances.py``): with
+The task (docs/design.md section 5, athms/mad-lab ``mad/data/instances.py``): with
 ns = vocab_size - noise_vocab_size, keys are tokens [0, ns/2), values [ns/2, ns), noise
 [ns, vocab_size). A sequence of seq_len tokens has S = seq_len/2 - 1 two-token slots and a final
 probe pair. Each sequence draws its own key -> value mapping (each key's value uniform and

@@ -1,4 +1,4 @@
-"""``envs.make_vec``: one entry point for every env memrl trains on (DESIGN.md, contract 2)."""
+"""``envs.make_vec``: one entry point for every env memrl trains on (docs/design.md, contract 2)."""
 
 from __future__ import annotations
 

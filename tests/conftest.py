@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-# Two cores: torch's intra-op threads fight each other and the test process (REFERENCES.md, last
-# section), so tests run single-threaded.
+# Two cores: torch's intra-op threads fight each other and the test process (docs/design.md
+# section 8), so tests run single-threaded.
 torch.set_num_threads(1)
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
