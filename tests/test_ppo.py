@@ -1,5 +1,6 @@
 """PPO pieces: GAE against hand-computed cases, the rollout's autoreset handling in both of
-gymnasium's modes, sequence batching, and the non-finite guard."""
+gymnasium's modes, sequence batching, the loss terms' values and gradients by hand, the update's
+gradient against a hand-written loss, and the non-finite guard."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import memory
 from agents.actor_critic import ActorCritic
-from agents.ppo import NonFiniteError, PPOConfig, compute_gae, ppo_update, to_sequences
+from agents.ppo import (
+    NonFiniteError, PPOConfig, clipped_surrogate, compute_gae, masked_mean, normalize_advantages, policy_entropy,
+    ppo_loss, ppo_update, to_sequences, value_loss,
+)
 from agents.rollout import RolloutCollector
 
 
@@ -62,6 +66,102 @@ def test_to_sequences_orders_chunks_like_start_states():
     for k in range(2):
         for n in range(N):
             assert s[:, k * N + n].tolist() == [(k * L + i) * N + n for i in range(L)]
+
+
+# ----------------------------------------------------------------------------- the loss terms by hand
+# Each term of ppo_update's loss on hand-made numbers: its value and its gradient, worked out on
+# paper (docs/design.md, section 7). Float64, one row per case; mask 0 marks an invalid step.
+
+
+def _value_and_grad(f, x):
+    x = x.clone().requires_grad_(True)
+    y = f(x)
+    (g,) = torch.autograd.grad(y, x)
+    return y.item(), g
+
+
+def _columns(rows):
+    return [torch.tensor(c, dtype=torch.float64) for c in zip(*rows)]
+
+
+def test_clipped_surrogate_by_hand():
+    """Past the band in the direction the advantage favours (r > 1 + eps with A > 0, r < 1 - eps
+    with A < 0) the term is the clipped one and has no gradient; past it the other way the
+    pessimistic bound keeps the unclipped term; inside the band the term is -A r. The loss is
+    minimized, so d loss / d r = -A / count wherever a gradient flows (the objective's is +A)."""
+    eps = 0.2
+    rows = [  # ratio, advantage, mask, term = max(-A r, -A clip(r)), d term / d r
+        (1.5, 2.0, 1.0, -2.0 * 1.2, 0.0),
+        (0.5, -1.0, 1.0, 1.0 * 0.8, 0.0),
+        (1.5, -1.0, 1.0, 1.0 * 1.5, 1.0),
+        (0.5, 2.0, 1.0, -2.0 * 0.5, -2.0),
+        (1.1, 3.0, 1.0, -3.0 * 1.1, -3.0),
+        (0.9, -2.0, 1.0, 2.0 * 0.9, 2.0),
+        (1.5, 5.0, 0.0, 0.0, 0.0),  # invalid: counts for nothing
+    ]
+    ratio, adv, mask, term, dterm = _columns(rows)
+    count = mask.sum()
+    assert count == 6
+    loss, grad = _value_and_grad(lambda r: clipped_surrogate(r, adv, eps, mask, count), ratio)
+    assert loss == pytest.approx((-2.4 + 0.8 + 1.5 - 1.0 - 3.3 + 1.8) / 6)
+    torch.testing.assert_close(grad, dterm / 6)
+    # The same on a [T, B] batch (as ppo_update calls it): two copies of each step, count 12.
+    col = lambda x: x.view(7, 1).expand(7, 2).contiguous()  # noqa: E731
+    loss2, grad2 = _value_and_grad(lambda r: clipped_surrogate(r, col(adv), eps, col(mask), 2 * count), col(ratio))
+    assert loss2 == pytest.approx(loss)
+    torch.testing.assert_close(grad2, col(dterm / 12))
+
+
+def test_value_loss_clipped_and_unclipped_by_hand():
+    """0.5 * mean (V - R)^2, and the clipped form 0.5 * mean max((V - R)^2, (V_clip - R)^2) with
+    V_clip = V_old + clip(V - V_old, -eps, eps): where the clipped term is the larger it has no
+    gradient in V (V moved more than eps from V_old); elsewhere d / dV = (V - R) / count."""
+    eps = 0.2
+    rows = [  # V, V_old, R, mask, (V - R)^2, clipped term, d clipped term / dV   (V_clip in the comment)
+        (1.0, 0.5, 2.0, 1.0, 1.0, 1.69, 0.0),  # V_clip 0.7: further from R, the clipped term wins
+        (1.0, 0.5, 0.0, 1.0, 1.0, 1.0, 2.0),  # V_clip 0.7: nearer to R, the unclipped term wins
+        (0.6, 0.5, 2.0, 1.0, 1.96, 1.96, -2.8),  # inside the band: V_clip = V
+        (-0.5, 0.5, -1.0, 1.0, 0.25, 1.69, 0.0),  # V_clip 0.3: the clipped term wins
+        (-0.5, 0.5, 1.0, 1.0, 2.25, 2.25, -3.0),  # V_clip 0.3: the unclipped term wins
+        (3.0, 0.0, 0.0, 0.0, 9.0, 9.0, 6.0),  # invalid
+    ]
+    new, old, ret, mask, sq, clipped_term, dclipped = _columns(rows)
+    count = mask.sum()
+    assert count == 5
+    loss, grad = _value_and_grad(lambda v: value_loss(v, old, ret, eps, False, mask, count), new)
+    assert loss == pytest.approx(0.5 * (1.0 + 1.0 + 1.96 + 0.25 + 2.25) / 5)
+    torch.testing.assert_close(grad, (new - ret) * mask / 5)
+    loss, grad = _value_and_grad(lambda v: value_loss(v, old, ret, eps, True, mask, count), new)
+    assert loss == pytest.approx(0.5 * (1.69 + 1.0 + 1.96 + 1.69 + 2.25) / 5)
+    torch.testing.assert_close(grad, 0.5 * dclipped * mask / 5)
+
+
+def test_normalize_advantages_by_hand():
+    """Mean and (biased) standard deviation over the valid steps only: invalid steps neither shift
+    nor scale the valid ones."""
+    adv = torch.tensor([[1.0, 2.0], [3.0, 6.0], [100.0, -50.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    count = mask.sum()
+    out = normalize_advantages(adv, mask, count)
+    # mean 3, variance (4 + 1 + 0 + 9) / 4 = 3.5
+    torch.testing.assert_close(out[:2], (adv[:2] - 3.0) / 3.5**0.5)
+    assert masked_mean(out, mask, count).item() == pytest.approx(0.0, abs=1e-12)
+    assert masked_mean(out**2, mask, count).item() == pytest.approx(1.0)
+
+
+def test_policy_entropy_and_total_loss_by_hand():
+    """The entropy of a categorical from its log-probabilities; the total is policy loss
+    - ent_coef * entropy + vf_coef * value loss (the entropy a bonus: d total / d entropy = -ent_coef)."""
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, -1.0]], dtype=torch.float64)
+    ent = policy_entropy(torch.log_softmax(logits, -1))
+    p = [np.exp(x) for x in (2.0, 0.0, 0.0, -1.0)]
+    p = [x / sum(p) for x in p]
+    assert ent[0].item() == pytest.approx(np.log(4.0))
+    assert ent[1].item() == pytest.approx(-sum(x * np.log(x) for x in p))
+    pg, v, e = (torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (0.3, 2.0, 1.2))
+    total = ppo_loss(pg, v, e, 0.01, 0.5)
+    assert total.item() == pytest.approx(0.3 - 0.01 * 1.2 + 0.5 * 2.0)
+    assert [g.item() for g in torch.autograd.grad(total, (pg, v, e))] == pytest.approx([1.0, 0.5, -0.01])
 
 
 # ----------------------------------------------------------------------------- autoreset handling
@@ -220,24 +320,204 @@ def test_update_stops_on_non_finite_gradient():
         assert torch.equal(v, before[k]), k
 
 
+class _GradRecorder(torch.optim.SGD):
+    """An optimizer with learning rate 0 that keeps the gradient ppo_update hands to each step."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.grads = []
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for g in self.param_groups for p in g["params"]])
+
+
+def _chunked_forward(agent, ro, L):
+    """The rollout's logits and values, each BPTT chunk of L steps run from its stored start state
+    (written out here without ppo_update's sequence helpers)."""
+    T = ro.reset.shape[0]
+    logits, values = [], []
+    for k in range(T // L):
+        lg, v, _ = agent.forward_sequence(ro.obs[k * L : (k + 1) * L], tuple(s[k] for s in ro.start_states), ro.reset[k * L : (k + 1) * L])
+        logits.append(lg)
+        values.append(v)
+    return torch.cat(logits), torch.cat(values)
+
+
+def _hand_made_rollout(agent, ro, L):
+    """The rollout with hand-set old log-probabilities, old values, rewards and bootstrap values:
+    ratios spread over [0.55, 1.8] (every side of the clip band) and old values up to 0.5 from the
+    new ones (both sides of the value clip)."""
+    import dataclasses
+
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        logits, values = _chunked_forward(agent, ro, L)
+    logp = torch.log_softmax(logits, -1).gather(-1, ro.actions[..., None]).squeeze(-1)
+    shape = ro.rewards.shape
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(shape, generator=g)  # noqa: E731
+    return dataclasses.replace(
+        ro, logprobs=logp - u(-0.6, 0.6), values=values + u(-0.5, 0.5),
+        rewards=torch.randn(shape, generator=g) * ro.valid, next_values=torch.randn(shape, generator=g),
+    )
+
+
+@pytest.mark.parametrize("norm_adv", [True, False], ids=["norm_adv", "raw_adv"])
+@pytest.mark.parametrize("clip_vloss", [True, False], ids=["clip_vloss", "plain_vloss"])
+def test_update_follows_the_gradient_of_the_loss_written_by_hand(norm_adv, clip_vloss):
+    """ppo_update's gradient (one minibatch, one epoch, no gradient clipping) equals the gradient of
+    PPO's loss written out here from its definition (the paper's min form of the surrogate, the
+    clipped value loss, the entropy bonus) on a rollout whose ratios and old values cover every
+    side of both clips. Its reported losses are that loss's terms."""
+    agent, ro = _tiny_agent_and_rollout()
+    L, eps, ent_coef, vf_coef = 8, 0.2, 0.05, 0.5
+    ro = _hand_made_rollout(agent, ro, L)
+    cfg = PPOConfig(num_minibatches=1, update_epochs=1, norm_adv=norm_adv, clip_vloss=clip_vloss, clip_coef=eps,
+                    ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=1e9)
+
+    adv, ret = compute_gae(ro.rewards, ro.values, ro.next_values, ro.terminated, ro.dones, ro.valid, cfg.gamma, cfg.gae_lambda)
+    logits, new_v = _chunked_forward(agent, ro, L)
+    v = ro.valid
+    logp_all = torch.log_softmax(logits, -1)
+    ratio = (logp_all.gather(-1, ro.actions[..., None]).squeeze(-1) - ro.logprobs).exp()[v]
+    a = adv[v]
+    if norm_adv:
+        a = (a - a.mean()) / a.std(unbiased=False)
+    # Every case of the clipped surrogate occurs: both sides of the band, with each sign of A.
+    for side in (ratio > 1 + eps, ratio < 1 - eps):
+        assert (side & (a > 0)).any() and (side & (a < 0)).any()
+    pg = -torch.minimum(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a).mean()
+    V, V_old, R = new_v[v], ro.values[v], ret[v]
+    if clip_vloss:
+        V_clip = V_old + (V - V_old).clamp(-eps, eps)
+        assert ((V - V_old > eps) & ((V_clip - R) ** 2 > (V - R) ** 2)).any()
+        assert ((V - V_old < -eps) & ((V_clip - R) ** 2 > (V - R) ** 2)).any()
+        vl = 0.5 * torch.maximum((V - R) ** 2, (V_clip - R) ** 2).mean()
+    else:
+        vl = 0.5 * ((V - R) ** 2).mean()
+    ent = torch.distributions.Categorical(logits=logits[v]).entropy().mean()
+    loss = pg - ent_coef * ent + vf_coef * vl
+    params = list(agent.parameters())
+    expect = torch.autograd.grad(loss, params, allow_unused=True)
+
+    opt = _GradRecorder(params)
+    stats = ppo_update(agent, opt, ro, cfg, bptt_len=L)
+    (got,) = opt.grads
+    for (name, _), g, e in zip(agent.named_parameters(), got, expect):
+        torch.testing.assert_close(g, torch.zeros_like(g) if e is None else e, rtol=1e-4, atol=1e-6, msg=name)
+    assert stats["losses/policy_loss"] == pytest.approx(pg.item(), rel=1e-4, abs=1e-6)
+    assert stats["losses/value_loss"] == pytest.approx(vl.item(), rel=1e-4)
+    assert stats["losses/entropy"] == pytest.approx(ent.item(), rel=1e-4)
+
+
+def _zero_value_rollout(ro, rewards):
+    """The rollout with these rewards and all values (and bootstrap values) 0: advantages are then
+    linear in the rewards."""
+    import dataclasses
+
+    z = torch.zeros_like(ro.values)
+    return dataclasses.replace(ro, rewards=rewards * ro.valid, values=z, next_values=z)
+
+
+def _sgd_update(norm_adv, scale):
+    agent, ro = _tiny_agent_and_rollout()
+    rewards = torch.randn(ro.rewards.shape, generator=torch.Generator().manual_seed(3))
+    ro = _zero_value_rollout(ro, scale * rewards)
+    before = [p.detach().clone() for p in agent.parameters()]
+    # Plain SGD and no gradient clipping: Adam's step and the clip would hide a scaled gradient.
+    opt = torch.optim.SGD(agent.parameters(), lr=0.05)
+    cfg = PPOConfig(num_minibatches=2, update_epochs=2, norm_adv=norm_adv, vf_coef=0.0, max_grad_norm=1e9)
+    torch.manual_seed(1)  # the same minibatches for every call
+    ppo_update(agent, opt, ro, cfg, bptt_len=8)
+    return [p.detach() - b for p, b in zip(agent.parameters(), before)]
+
+
+def test_advantage_normalization_makes_the_update_invariant_to_reward_scale():
+    """With norm_adv the advantages are standardized per minibatch: rewards x 8 (values 0, so the
+    advantages scale with them) leave the update unchanged. Without it the same scaling changes
+    the update (the control: the test can tell the two apart)."""
+    base, scaled = _sgd_update(True, 1.0), _sgd_update(True, 8.0)
+    assert max(d.abs().max().item() for d in base) > 1e-3, "the update should move the weights"
+    for a, b in zip(base, scaled):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    base, scaled = _sgd_update(False, 1.0), _sgd_update(False, 8.0)
+    assert max((a - b).abs().max().item() for a, b in zip(base, scaled)) > 1e-2
+
+
+def _entropy_after_update(ent_coef):
+    agent, ro = _tiny_agent_and_rollout()
+    with torch.no_grad():  # a peaked policy (entropy well below log 2) that has room to spread
+        agent.actor.bias.copy_(torch.tensor([2.0, -2.0]))
+    ro = _zero_value_rollout(ro, torch.zeros_like(ro.rewards))  # every advantage 0
+    cfg = PPOConfig(num_minibatches=2, update_epochs=2, ent_coef=ent_coef, vf_coef=0.0)
+
+    def entropy():
+        with torch.no_grad():
+            logits, _ = _chunked_forward(agent, ro, 8)
+        return torch.distributions.Categorical(logits=logits[ro.valid]).entropy().mean().item()
+
+    before = entropy()
+    ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=0.05), ro, cfg, bptt_len=8)
+    return before, entropy()
+
+
+def test_entropy_bonus_raises_the_entropy_of_a_policy_with_zero_advantages():
+    """With every advantage 0 and no value loss, the only gradient is the entropy bonus's: a positive
+    ent_coef makes the policy more random, a negative one less, and 0 leaves it alone."""
+    before, after = _entropy_after_update(0.1)
+    assert before < 0.5 and after > before + 0.05, (before, after)
+    before, after = _entropy_after_update(-0.1)
+    assert after < before - 0.05, (before, after)
+    before, after = _entropy_after_update(0.0)
+    assert after == before
+
+
+def _time_slice(obs, steps):
+    if isinstance(obs, dict):
+        return {k: _time_slice(v, steps) for k, v in obs.items()}
+    return obs[steps]
+
+
 @pytest.mark.parametrize("backbone", memory.names())
 def test_update_recomputes_exactly_what_acting_computed(backbone):
     """On MiniGrid Memory (SAME_STEP autoreset, short and long episodes, a rollout that starts
     from the previous one's carried state), the update's view of the rollout -- BPTT chunks from
     their stored start states, minibatch by minibatch as ppo_update builds them -- gives the same
-    log-probabilities and values as acting did. A reset applied one step late, a start state
-    from the wrong chunk or env, or a state not carried between rollouts all break this."""
+    log-probabilities and values as acting did, and each stored start state is where the chunk
+    before it ended. A reset applied one step late, a start state stored after the chunk's first
+    step or taken from the wrong chunk or env, or a state not carried between rollouts all break
+    this."""
     import envs
     from agents.ppo import _index_obs, sequence_inputs
 
     torch.manual_seed(0)
     env = envs.make_vec("MiniGrid-MemoryS7-v0", 6, seed=0, view_size=3, movement_only=True)
     agent = ActorCritic(env.single_observation_space, 3, memory.make(backbone, 16, 16), head_size=8)
+    # Random (non-default) memory weights, as in tests/test_memory_contract.py: mru's projection
+    # starts at zero, so its state would never leave the identity and a misplaced start state
+    # would go unseen. Small (0.01): mru's state is a product of matrices and grows fast.
+    g = torch.Generator().manual_seed(1)  # its own stream: acting samples as it always did
+    with torch.no_grad():
+        for p in agent.memory.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
     L = 8
     collector = RolloutCollector(env, agent, 48, L, torch.device("cpu"), seed=0)
+    end = agent.initial_state(6)  # the state the chunk before the next one ended in
     for _ in range(2):
         ro, _ = collector.collect(agent)
         assert ro.reset[1:].any(), "the rollout should contain episode starts"
+        # Not vacuous: the states move and the value depends on the input (mlp has no state).
+        for s, s0 in zip(ro.start_states, agent.initial_state(6)):
+            assert (s - s0.to(s.dtype)).abs().amax() > 0.05, "the memory state should move"
+        assert ro.values.std() > 0.01, "the value should depend on the input"
+        # Chunk k starts where chunk k - 1, run from its own stored start state, ended (the first
+        # chunk where the previous rollout ended; the initial state for the first rollout).
+        for k in range(ro.reset.shape[0] // L):
+            for s, e in zip(ro.start_states, end):
+                torch.testing.assert_close(s[k], e.to(s.dtype), atol=1e-4, rtol=1e-4)
+            steps = slice(k * L, (k + 1) * L)
+            with torch.no_grad():
+                _, _, end = agent.forward_sequence(_time_slice(ro.obs, steps), tuple(s[k] for s in ro.start_states), ro.reset[steps])
         obs, start = sequence_inputs(ro, L)
         reset, actions, logp, values = (to_sequences(x, L) for x in (ro.reset, ro.actions, ro.logprobs, ro.values))
         for mb in torch.randperm(reset.shape[1]).tensor_split(3):
