@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.actor_critic import ActorCritic
+from agents.nested import tree_map
 from agents.rollout import Rollout
 
 
@@ -85,22 +86,15 @@ def to_sequences(x: Tensor, bptt_len: int) -> Tensor:
     return x.reshape(K, bptt_len, N, *x.shape[2:]).transpose(0, 1).reshape(bptt_len, K * N, *x.shape[2:])
 
 
-def _seq_obs(obs, L: int):
-    if isinstance(obs, dict):
-        return {k: _seq_obs(v, L) for k, v in obs.items()}
-    return to_sequences(obs, L)
-
-
 def sequence_inputs(ro: Rollout, L: int):
     """The update's view of a rollout: observations as [L, K*N, ...] sequences and the memory
     state stored at each sequence's start ([K*N, ...], same order)."""
-    return _seq_obs(ro.obs, L), tuple(s.reshape(-1, *s.shape[2:]) for s in ro.start_states)
+    return tree_map(lambda o: to_sequences(o, L), ro.obs), tuple(s.reshape(-1, *s.shape[2:]) for s in ro.start_states)
 
 
-def _index_obs(obs, idx: Tensor):
-    if isinstance(obs, dict):
-        return {k: _index_obs(v, idx) for k, v in obs.items()}
-    return obs[:, idx]
+def index_sequences(obs, idx: Tensor):
+    """The sequences ``idx`` of [L, K*N, ...] observations (or a dict of them)."""
+    return tree_map(lambda o: o[:, idx], obs)
 
 
 # ----------------------------------------------------------------------------- the loss terms
@@ -179,7 +173,7 @@ def ppo_update(
             m = validf[:, mb]
             count = m.sum().clamp_min(1.0)
             logits, new_values, _ = agent.forward_sequence(
-                _index_obs(obs, mb), tuple(s[mb] for s in start), reset[:, mb]
+                index_sequences(obs, mb), tuple(s[mb] for s in start), reset[:, mb]
             )
             logp_all = torch.log_softmax(logits, -1)
             new_logp = logp_all.gather(-1, actions[:, mb, None]).squeeze(-1)

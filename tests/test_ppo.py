@@ -488,7 +488,7 @@ def test_update_recomputes_exactly_what_acting_computed(backbone):
     step or taken from the wrong chunk or env, or a state not carried between rollouts all break
     this."""
     import envs
-    from agents.ppo import _index_obs, sequence_inputs
+    from agents.ppo import index_sequences, sequence_inputs
 
     torch.manual_seed(0)
     env = envs.make_vec("MiniGrid-MemoryS7-v0", 6, seed=0, view_size=3, movement_only=True)
@@ -522,7 +522,7 @@ def test_update_recomputes_exactly_what_acting_computed(backbone):
         reset, actions, logp, values = (to_sequences(x, L) for x in (ro.reset, ro.actions, ro.logprobs, ro.values))
         for mb in torch.randperm(reset.shape[1]).tensor_split(3):
             with torch.no_grad():
-                logits, v, _ = agent.forward_sequence(_index_obs(obs, mb), tuple(s[mb] for s in start), reset[:, mb])
+                logits, v, _ = agent.forward_sequence(index_sequences(obs, mb), tuple(s[mb] for s in start), reset[:, mb])
             new_logp = torch.log_softmax(logits, -1).gather(-1, actions[:, mb, None]).squeeze(-1)
             # float32 paths differ (recurrent step vs chunkwise, Newton-Schulz): ~1e-5 apart.
             torch.testing.assert_close(new_logp, logp[:, mb], atol=1e-4, rtol=1e-4)
