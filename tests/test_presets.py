@@ -46,7 +46,7 @@ def test_a_flag_given_at_its_default_value_still_wins():
 def test_preset_none_and_envs_without_presets_keep_the_defaults(tmp_path):
     args, _ = parse_args([*S9, "--preset", "none"])
     assert args.update_epochs == 4 and args.preset_applied is None
-    args, _ = parse_args(["--env-id", "MiniGrid-MemoryS7-v0"])  # no presets/MiniGrid-MemoryS7-v0.toml
+    args, _ = parse_args(["--env-id", "MiniGrid-MemoryS7-v0"])  # S7 has no preset file
     assert args.preset_applied is None and args == Args(env_id="MiniGrid-MemoryS7-v0")
     args, _ = parse_args([*S9, "--backbone", "mlp"])  # the env has presets, none for mlp
     assert args.preset_applied is None and args.update_epochs == 4
