@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from agents.config import (  # noqa: F401  (re-exported: train.Args and friends are the public names)
-    RUNTIME_FIELDS, Args, UsageError, apply_preset, given_fields, make_agent, make_collector, make_env,
+    Args, UsageError, apply_preset, given_fields, make_agent, make_collector, make_env,
     make_optimizer, resolve_device, run_dir_name, tune_malloc, validate,
 )
 

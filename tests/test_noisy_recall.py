@@ -1,4 +1,4 @@
-"""NoisyRecall (envs/noisy_recall.py): the task's distribution, the RL framing, seeding, the native
+"""NoisyRecall (envs/noisy_recall.py, envs/recall_sequences.py): the task's distribution, the RL framing, seeding, the native
 vector env against gymnasium's SyncVectorEnv of single envs, torch mode, registration."""
 
 from __future__ import annotations
@@ -14,16 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs  # noqa: F401  (registers memrl/NoisyRecall-v0)
-from envs.noisy_recall import (
-    ENV_ID,
-    NoisyRecallConfig,
-    NoisyRecallEnv,
-    NoisyRecallVectorEnv,
-    generate,
-    hash32,
-    random_words,
-    register_envs,
-)
+from envs.noisy_recall import ENV_ID, NoisyRecallEnv, NoisyRecallVectorEnv, register_envs
+from envs.recall_sequences import NoisyRecallConfig, generate, hash32, random_words
 
 SMALL = dict(vocab_size=12, noise_vocab_size=4, seq_len=10, frac_noise=0.3)  # K = 4, S = 4
 
