@@ -13,5 +13,6 @@ from memory import mlstm  # noqa: E402,F401  mlstm, mlstm-orth
 from memory import mru  # noqa: E402,F401  mru
 from memory import mingru  # noqa: E402,F401  mingru
 from memory import lru  # noqa: E402,F401  lru
+from memory import ffm  # noqa: E402,F401  ffm
 
 __all__ = ["Memory", "State", "make", "names", "options", "parse_options", "register", "describe"]
