@@ -1,0 +1,147 @@
+"""A selective state-space layer in the style of Mamba (Gu and Dao, "Mamba: Linear-Time Sequence
+Modeling with Selective State Spaces", 2023), in plain torch with episode resets.
+
+D channels (D = expand * hidden), each with a diagonal state of size N; per step t:
+
+    u, z  = W_in x_t                                  # [D] each
+    u~    = SiLU(causal_conv(u_{t-K+1..t}))           # depthwise, kernel K (0 = off)
+    dt    = softplus(W_dt (W_r u~) + b_dt)            # [D]  input-dependent step (low rank r)
+    B, C  = W_B u~, W_C u~                            # [N]  input-dependent input/output maps
+    A     = -exp(A_log)                               # [D, N], negative real (S4D-real init)
+    h_t   = exp(dt A) * h_{t-1} + (dt u~) B^T         # [D, N] zero-order-hold discretization
+                                                      # (Euler for B); h restarts at a reset
+    y_t   = W_out((h_t C + D_skip * u~) * SiLU(z))
+
+"Selective": dt, B and C depend on the input, so the layer can choose per step what to write
+(large dt: overwrite) and what to keep (small dt: hold), unlike a time-invariant SSM. h is a
+linear recurrence in h, so the whole sequence is one memory.ops.linear_scan over [T, B, D, N]
+(Mamba's hardware-aware fused scan is a CUDA kernel; this is the same recurrence with the
+project's scan, a loop on CPU and Hillis-Steele on GPU). Init as Mamba: A_log = log(1..N) per
+channel, dt = softplus(b_dt) log-uniform in [dt_min, dt_max], D_skip = 1. The conv's history
+is part of the state and never reaches across an episode start.
+
+State: (h [B, D, N], x_hist [B, K-1, D]) (just (h,) with conv_kernel = 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memory.base import Memory, State, check_inputs
+from memory.ops import linear_scan
+from memory.registry import register
+
+
+def causal_conv(u: Tensor, hist: Tensor, reset: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Depthwise causal conv of u [T, B, D] with the K-1 carried inputs hist [B, K-1, D]; weight
+    [D, K] (weight[:, K-1] multiplies the current step), bias [D]. A lag reaching before the
+    episode's first step contributes nothing. Returns out [T, B, D] and the new history
+    (the last K-1 inputs, zeroed where they precede the last episode start)."""
+    K, T = weight.shape[1], u.shape[0]
+    us = torch.cat([hist.transpose(0, 1), u], 0)  # [K-1+T, B, D]; us[t + K-1] = u[t]
+    idx = torch.arange(T, device=u.device)
+    # First step of the episode step t belongs to (-K: it started before this call).
+    start = torch.where(reset, idx[:, None], torch.full_like(idx[:, None], -K)).cummax(0).values  # [T, B]
+    since = (idx[:, None] - start).unsqueeze(-1)  # [T, B, 1]
+    out = bias + us[K - 1 :] * weight[:, K - 1]
+    for lag in range(1, K):
+        out = out + us[K - 1 - lag : K - 1 - lag + T] * (since >= lag).to(u.dtype) * weight[:, K - 1 - lag]
+    tau = torch.arange(T - K + 1, T, device=u.device)[:, None]  # [K-1, 1] positions of the kept inputs
+    new_hist = us[T:] * (tau >= start[-1]).unsqueeze(-1).to(u.dtype)  # [K-1, B, D]
+    return out, new_hist.transpose(0, 1)
+
+
+class SelectiveSSM(Memory):
+    """Mamba-style selective SSM block (in projection, causal conv, selective scan, gated output)."""
+
+    def __init__(self, input_size: int, hidden_size: int, d_state: int = 8, expand: int = 1,
+                 conv_kernel: int = 4, dt_rank: int = 0, dt_min: float = 1e-3, dt_max: float = 0.1):
+        super().__init__()
+        D = expand * hidden_size
+        R = dt_rank or max(1, math.ceil(hidden_size / 16))
+        if d_state < 1 or expand < 1 or R < 1:
+            raise ValueError(f"ssm: d_state, expand and dt_rank must be >= 1 (dt_rank 0 = automatic), got {d_state}, {expand}, {dt_rank}")
+        if conv_kernel < 0 or conv_kernel == 1:
+            raise ValueError(f"ssm: conv_kernel must be 0 (off) or >= 2, got {conv_kernel}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"ssm: need 0 < dt_min <= dt_max, got {dt_min} and {dt_max}")
+        self.input_size, self.output_size = input_size, hidden_size
+        self.d_inner, self.d_state, self.dt_rank, self.conv_kernel = D, d_state, R, conv_kernel
+        self.in_proj = nn.Linear(input_size, 2 * D, bias=False)
+        if conv_kernel:
+            self.conv = nn.Conv1d(D, D, conv_kernel, groups=D)  # parameters only; applied by causal_conv
+        self.x_proj = nn.Linear(D, R + 2 * d_state, bias=False)  # [W_r | W_B | W_C]
+        self.dt_proj = nn.Linear(R, D)
+        dt = torch.exp(torch.rand(D) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(D, 1))
+        self.D_skip = nn.Parameter(torch.ones(D))
+        self.out_proj = nn.Linear(D, hidden_size, bias=False)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        h = torch.zeros(batch_size, self.d_inner, self.d_state, device=device)
+        if not self.conv_kernel:
+            return (h,)
+        return (h, torch.zeros(batch_size, self.conv_kernel - 1, self.d_inner, device=device))
+
+    def _check_state(self, state: State, B: int) -> None:
+        want = [(B, self.d_inner, self.d_state)]
+        if self.conv_kernel:
+            want.append((B, self.conv_kernel - 1, self.d_inner))
+        got = [tuple(s.shape) for s in state] if isinstance(state, tuple) else None
+        if got != want:
+            raise ValueError(
+                f"ssm: state must be (h{', x_hist' if self.conv_kernel else ''}) with shapes "
+                f"{[list(w) for w in want]}, got {[list(g) for g in got] if got is not None else type(state).__name__}"
+            )
+
+    def scan_inputs(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, ...]:
+        """x [T, B, input] -> gate exp(dt A) [T, B, D, N], input (dt u~) B^T [T, B, D, N],
+        C [T, B, N], u~ [T, B, D], z [T, B, D] and the new conv history (None when off)."""
+        u, z = self.in_proj(x).chunk(2, -1)
+        hist = None
+        if self.conv_kernel:
+            u, hist = causal_conv(u, state[1], reset, self.conv.weight[:, 0], self.conv.bias)
+        u = F.silu(u)
+        r, Bm, Cm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], -1)
+        dt = F.softplus(self.dt_proj(r))  # [T, B, D]
+        A = -torch.exp(self.A_log)  # [D, N]
+        gate = torch.exp(dt[..., None] * A)
+        inp = (dt * u)[..., None] * Bm[..., None, :]
+        return gate, inp, Cm, u, z, hist
+
+    def forward(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
+        check_inputs(self, x, reset)
+        T, B, _ = x.shape
+        self._check_state(state, B)
+        if T == 0:
+            return x.new_zeros(0, B, self.output_size), state
+        gate, inp, Cm, u, z, hist = self.scan_inputs(x, state, reset)
+        h = linear_scan(gate, inp, reset, state[0])  # [T, B, D, N]
+        y = (h @ Cm[..., None]).squeeze(-1) + self.D_skip * u  # [T, B, D]
+        out = self.out_proj(y * F.silu(z))
+        return out, ((h[-1], hist) if hist is not None else (h[-1],))
+
+
+@register("ssm", test_variants=[{"conv_kernel": 0}, {"d_state": 3, "expand": 2, "conv_kernel": 2, "dt_rank": 2}])
+def make_ssm(
+    input_size: int,
+    hidden_size: int,
+    d_state: int = 8,
+    expand: int = 1,
+    conv_kernel: int = 4,
+    dt_rank: int = 0,
+    dt_min: float = 1e-3,
+    dt_max: float = 0.1,
+) -> Memory:
+    """Selective state-space layer, Mamba-style (input-dependent dt, B, C; one linear scan).
+
+    d_state: state size N per channel. expand: channels D = expand * hidden. conv_kernel: causal
+    conv kernel (0 = off). dt_rank: rank of the dt projection (0 = ceil(hidden / 16)). dt_min,
+    dt_max: range of the initial step sizes."""
+    return SelectiveSSM(input_size, hidden_size, d_state, expand, conv_kernel, dt_rank, dt_min, dt_max)
