@@ -15,5 +15,6 @@ from memory import mingru  # noqa: E402,F401  mingru
 from memory import lru  # noqa: E402,F401  lru
 from memory import ffm  # noqa: E402,F401  ffm
 from memory import ssm  # noqa: E402,F401  ssm
+from memory import trxl  # noqa: E402,F401  trxl
 
 __all__ = ["Memory", "State", "make", "names", "options", "parse_options", "register", "describe"]
