@@ -138,7 +138,7 @@ def timed(model, x, reset, device) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backbones", nargs="+", default=["lstm", "mlstm", "mlstm-orth"])
+    p.add_argument("--backbones", nargs="+", default=["lstm", "mlstm", "mlstm-orth", "mingru", "lru", "ffm", "ssm", "trxl"])
     p.add_argument("--batch", type=int, nargs="+", default=[16, 64])
     p.add_argument("--seq", type=int, nargs="+", default=[128, 512])
     p.add_argument("--hidden", type=int, default=128)
