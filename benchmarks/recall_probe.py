@@ -43,10 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # compare.py lives at the repo root
-
 import memory  # noqa: E402
-from compare import bootstrap_ci  # noqa: E402
+from experiments.stats import bootstrap_ci  # noqa: E402
 from envs.noisy_recall import NoisyRecallConfig, generate  # noqa: E402
 
 EVAL_SEED_OFFSET = 1 << 31  # held-out sequences: seed words the training stream never uses

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 import compare
+from experiments import executors, rundata, stats
+from experiments import grid as planning
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "memrl/NoisyRecall-v0"
@@ -38,85 +40,85 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
-    assert compare.iqm(range(1, 9)) == pytest.approx(np.mean([3, 4, 5, 6]))
+    assert stats.iqm(range(1, 9)) == pytest.approx(np.mean([3, 4, 5, 6]))
     # trim_mean cuts int(0.25 * 5) = 1 value at each end: the outlier does not count.
-    assert compare.iqm([1, 2, 3, 4, 100]) == pytest.approx(3.0)
-    assert compare.iqm([7.0]) == 7.0
+    assert stats.iqm([1, 2, 3, 4, 100]) == pytest.approx(3.0)
+    assert stats.iqm([7.0]) == 7.0
 
 
 def test_bootstrap_ci_hand_computed_two_points():
     # Resampling [0, 1] gives means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 95% percentile
     # interval is [0, 1] and the 40% one (quantiles 0.3 and 0.7) is [0.5, 0.5].
-    ci = compare.bootstrap_ci([0.0, 1.0], 0.95, 4000)
+    ci = stats.bootstrap_ci([0.0, 1.0], 0.95, 4000)
     assert (ci.low, ci.high, ci.note) == (0.0, 1.0, "")
-    ci = compare.bootstrap_ci([0.0, 1.0], 0.40, 4000)
+    ci = stats.bootstrap_ci([0.0, 1.0], 0.40, 4000)
     assert (ci.low, ci.high) == (0.5, 0.5)
 
 
 def test_bootstrap_ci_contains_the_mean_and_is_deterministic():
     x = np.arange(1.0, 9.0)
-    a = compare.bootstrap_ci(x, 0.95, 3000, seed=3)
-    b = compare.bootstrap_ci(x, 0.95, 3000, seed=3)
+    a = stats.bootstrap_ci(x, 0.95, 3000, seed=3)
+    b = stats.bootstrap_ci(x, 0.95, 3000, seed=3)
     assert (a.low, a.high) == (b.low, b.high)
     assert 1.0 <= a.low < x.mean() < a.high <= 8.0
     # The normal-theory half width is 1.96 * std / sqrt(n) = 1.59; the bootstrap's is close to it.
     assert (a.high - a.low) / 2 == pytest.approx(1.96 * x.std() / np.sqrt(8), rel=0.15)
-    narrow = compare.bootstrap_ci(x, 0.5, 3000, seed=3)
+    narrow = stats.bootstrap_ci(x, 0.5, 3000, seed=3)
     assert a.low < narrow.low < narrow.high < a.high
 
 
 @pytest.mark.parametrize("x,note", [([0.7], "n=1"), ([0.25, 0.25, 0.25], "all seeds equal")])
 def test_bootstrap_ci_degenerate_samples_give_the_value(x, note):
-    ci = compare.bootstrap_ci(x)
+    ci = stats.bootstrap_ci(x)
     assert ci.low == ci.high == x[0] and ci.note.startswith(note)
 
 
 def test_curve_band_over_seeds():
     rng = np.random.default_rng(0)
     curves = rng.normal(size=(5, 30))  # [seeds, G]
-    mean, low, high = compare.curve_band(curves, 0.95, 500)
+    mean, low, high = stats.curve_band(curves, 0.95, 500)
     assert np.allclose(mean, curves.mean(0)) and np.all(low <= mean) and np.all(mean <= high)
     one = curves[:1]
-    mean1, low1, high1 = compare.curve_band(one)
+    mean1, low1, high1 = stats.curve_band(one)
     assert np.array_equal(mean1, one[0]) and np.array_equal(low1, one[0]) and np.array_equal(high1, one[0])
 
 
 def test_steps_to_threshold_uses_a_trailing_mean():
     steps = np.array([10, 20, 30, 40, 50])
     values = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
-    assert compare.steps_to_threshold(steps, values, 0.6, window=1) == 20
+    assert stats.steps_to_threshold(steps, values, 0.6, window=1) == 20
     # Trailing means of 2: [-, 0.5, 0.5, 0.5, 1.0]
-    assert compare.steps_to_threshold(steps, values, 0.6, window=2) == 50
-    assert compare.steps_to_threshold(steps, values, 1.1, window=2) is None
+    assert stats.steps_to_threshold(steps, values, 0.6, window=2) == 50
+    assert stats.steps_to_threshold(steps, values, 1.1, window=2) is None
     # A run with fewer points than the window uses all it has: mean of 5 = 0.6.
-    assert compare.steps_to_threshold(steps, values, 0.6, window=50) == 50
-    assert compare.steps_to_threshold(steps[:0], values[:0], 0.5, window=3) is None
+    assert stats.steps_to_threshold(steps, values, 0.6, window=50) == 50
+    assert stats.steps_to_threshold(steps[:0], values[:0], 0.5, window=3) is None
 
 
 def test_common_grid_stays_inside_every_curve():
     a = (np.array([64, 128, 192, 256]), np.array([0.0, 1.0, 2.0, 3.0]))
     b = (np.array([128, 256, 320]), np.array([5.0, 5.0, 5.0]))
-    grid = compare.common_grid([a, b], points=5)
+    grid = stats.common_grid([a, b], points=5)
     assert grid[0] == 128 and grid[-1] == 256 and len(grid) == 5
-    assert np.allclose(compare.resample(*a, grid), (grid - 64) / 64)
-    assert compare.common_grid([a, (np.array([300]), np.array([1.0]))]) is None
+    assert np.allclose(stats.resample(*a, grid), (grid - 64) / 64)
+    assert stats.common_grid([a, (np.array([300]), np.array([1.0]))]) is None
 
 
 def test_parse_backbone_and_run_names():
-    bb = compare.parse_backbone("mlstm:num_heads=2, chunk_size=16")
+    bb = planning.parse_backbone("mlstm:num_heads=2, chunk_size=16")
     assert bb.options == ("num_heads=2", "chunk_size=16") and bb.display == "mlstm:num_heads=2,chunk_size=16"
-    assert compare.run_name(ENV, bb, 3) == "memrl-NoisyRecall-v0__mlstm+num_heads=2+chunk_size=16__3"
-    with pytest.raises(compare.UsageError, match="has no option 'bogus'"):
-        compare.parse_backbone("lstm:bogus=1")
+    assert planning.run_name(ENV, bb, 3) == "memrl-NoisyRecall-v0__mlstm+num_heads=2+chunk_size=16__3"
+    with pytest.raises(planning.UsageError, match="has no option 'bogus'"):
+        planning.parse_backbone("lstm:bogus=1")
 
 
 def test_thresholds():
-    t = compare.parse_thresholds([], ["MiniGrid-MemoryS9-v0", ENV, "CartPole-v1"])
+    t = planning.parse_thresholds([], ["MiniGrid-MemoryS9-v0", ENV, "CartPole-v1"])
     assert t == {"MiniGrid-MemoryS9-v0": 0.9, ENV: 0.5, "CartPole-v1": None}
-    assert compare.parse_thresholds([f"{ENV}=0.7"], [ENV, "CartPole-v1"]) == {ENV: 0.7, "CartPole-v1": None}
-    assert compare.parse_thresholds(["0.3"], [ENV, "CartPole-v1"]) == {ENV: 0.3, "CartPole-v1": 0.3}
-    with pytest.raises(compare.UsageError, match="not in --env-ids"):
-        compare.parse_thresholds(["Other-v0=1"], [ENV])
+    assert planning.parse_thresholds([f"{ENV}=0.7"], [ENV, "CartPole-v1"]) == {ENV: 0.7, "CartPole-v1": None}
+    assert planning.parse_thresholds(["0.3"], [ENV, "CartPole-v1"]) == {ENV: 0.3, "CartPole-v1": 0.3}
+    with pytest.raises(planning.UsageError, match="not in --env-ids"):
+        planning.parse_thresholds(["Other-v0=1"], [ENV])
 
 
 # ----------------------------------------------------------------------------- the job runner
@@ -142,10 +144,12 @@ def test_run_jobs_forwards_one_sigint_and_starts_nothing_after(tmp_path):
     runner = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        import compare
-        jobs = [compare.Job(n, [sys.executable, "-c", {CHILD!r}, d], compare.Path(d) / "log")
+        from pathlib import Path
+        from experiments import executors
+        jobs = [executors.Job(n, [d], Path(d) / "log", Path({str(tmp_path)!r}) / "runs" / n,
+                              program=[sys.executable, "-c", {CHILD!r}])
                 for n, d in (("a", {str(dirs[0])!r}), ("b", {str(dirs[1])!r}))]
-        codes, interrupted = compare.run_jobs(jobs, parallel=1, poll=0.02)
+        codes, interrupted = executors.run_jobs(executors.LocalExecutor(1), jobs, parallel=1, poll=0.02)
         print(codes, interrupted)
     """)
     proc = subprocess.Popen([sys.executable, "-c", runner], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -162,10 +166,11 @@ def test_run_jobs_forwards_one_sigint_and_starts_nothing_after(tmp_path):
 
 
 def test_run_jobs_failure_does_not_stop_the_others(tmp_path):
-    jobs = [compare.Job("bad", [sys.executable, "-c", "import sys; sys.exit(3)"], tmp_path / "bad.log"),
-            compare.Job("good", [sys.executable, "-c", "print('hello')"], tmp_path / "good.log")]
+    py = [sys.executable, "-c"]
+    jobs = [executors.Job("bad", ["import sys; sys.exit(3)"], tmp_path / "bad.log", tmp_path / "runs" / "bad", program=py),
+            executors.Job("good", ["print('hello')"], tmp_path / "good.log", tmp_path / "runs" / "good", program=py)]
     said = []
-    codes, interrupted = compare.run_jobs(jobs, parallel=1, say=said.append, poll=0.01)
+    codes, interrupted = executors.run_jobs(executors.LocalExecutor(1), jobs, parallel=1, say=said.append, poll=0.01)
     assert codes == {"bad": 3, "good": 0} and not interrupted
     assert "hello" in (tmp_path / "good.log").read_text()
     assert any("bad: FAILED (exit 3" in s for s in said)
@@ -239,10 +244,10 @@ def resumed(grid, tmp_path_factory):
     name = lambda bb, s: f"memrl-NoisyRecall-v0__{bb}__{s}"  # noqa: E731
     for s in (1, 2):
         shutil.copytree(grid / "runs" / name("lstm", s), out / "runs" / name("lstm", s))
-    runs, _ = compare.plan(compare.Args(backbones=("lstm", "mlp"), env_ids=(ENV,), seeds=(1, 2, 3), total_timesteps=TOTAL,
+    runs, _ = planning.plan(compare.Args(backbones=("lstm", "mlp"), env_ids=(ENV,), seeds=(1, 2, 3), total_timesteps=TOTAL,
                                         train_args=TRAIN_ARGS, out=str(out)))
     by_name = {r.name: r for r in runs}
-    targs = compare.parse_train_argv(by_name[name("mlp", 1)].argv)
+    targs = planning.parse_train_argv(by_name[name("mlp", 1)].argv)
     targs.progress = False
     train.train(targs, on_update=lambda u: u >= 2)  # what a Ctrl-C after update 2 leaves
     partial = out / "runs" / name("mlp", 1)
@@ -312,5 +317,5 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, match):
 
 def test_resumed_noisy_recall_accuracy_stays_a_fraction(resumed):
     out = resumed[0]
-    acc = compare.load_scalars(out / "runs" / "memrl-NoisyRecall-v0__mlp__1")[compare.ACCURACY_TAG][1]
+    acc = rundata.load_scalars(out / "runs" / "memrl-NoisyRecall-v0__mlp__1")[rundata.ACCURACY_TAG][1]
     assert np.all((0.0 <= acc) & (acc <= 1.0)), acc.max()
