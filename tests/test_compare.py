@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import os
 import shutil
 import signal
 import subprocess
@@ -304,6 +306,10 @@ def test_interrupted_grid_resumes_only_what_is_missing(resumed):
     (["--train-args=--num-envs many"], r"^error: --train-args: Error parsing --num-envs"),
     (["--env-ids", "NoSuch-v0"], r"^error: unknown env id 'NoSuch-v0'"),
     (["--threshold", "x=y"], r"^error: --threshold 'x=y' is not ENV=VALUE"),
+    # Option values, not only names, are checked before anything trains (the backbone is built once).
+    (["--backbones", "mru:kind=nope"], r"^error: --backbones 'mru:kind=nope': unknown MRU kind 'nope'; choose one of: .*ldu"),
+    (["--backbones", "lstm", "mlstm:num_heads=3"], r"^error: --backbones 'mlstm:num_heads=3': .*not divisible by num_heads 3"),
+    (["--train-args=--learning-rate -1"], r"^error: --learning-rate must be > 0"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, match):
     import re
@@ -319,3 +325,207 @@ def test_resumed_noisy_recall_accuracy_stays_a_fraction(resumed):
     out = resumed[0]
     acc = rundata.load_scalars(out / "runs" / "memrl-NoisyRecall-v0__mlp__1")[rundata.ACCURACY_TAG][1]
     assert np.all((0.0 <= acc) & (acc <= 1.0)), acc.max()
+
+
+# ----------------------------------------------------------------------------- two compare.py on one --out
+
+
+def test_a_run_claimed_elsewhere_is_skipped_and_reported_as_running(tmp_path, capsys):
+    out = tmp_path / "out"
+    held = out / "runs" / "memrl-NoisyRecall-v0__mlp__1"
+    fd = executors.claim(held)  # what another compare.py training that run holds
+    try:
+        code = compare.main(grid_argv(out, ("1",), "2"))
+        err = capsys.readouterr().err
+        assert code == 0, err
+        assert "memrl-NoisyRecall-v0__mlp__1: running elsewhere" in err and "FAILED" not in err
+        rows = {r["backbone"]: r for r in read_csv(out / "results.csv")}
+        assert rows["mlp"]["status"] == "running" and rows["lstm"]["status"] == "finished"
+        assert not held.exists() and not (out / "logs" / f"{held.name}.log").exists()
+        assert f"- {held.name}: running" in (out / "summary.md").read_text()
+    finally:
+        os.close(fd)
+    # Released: the next command trains it (and leaves the finished one alone).
+    assert compare.main(grid_argv(out, ("1",), "2")) == 0
+    assert [r["status"] for r in read_csv(out / "results.csv")] == ["finished", "finished"]
+
+
+def test_two_compares_on_one_out_share_the_grid(tmp_path):
+    """Today's race: both plan the same runs and start them; every run is trained by exactly one
+    of them (one command in its log, one events file), neither reports a failure, and the report
+    counts a run the other process finished as finished."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "compare.py"), *grid_argv(out, ("1", "2"), "1")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    errs = [e for _, e in results]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert not any("FAILED" in e or "Traceback" in e for e in errs), errs
+    names = [f"memrl-NoisyRecall-v0__{b}__{s}" for b in ("lstm", "mlp") for s in (1, 2)]
+    for name in names:
+        log = (out / "logs" / f"{name}.log").read_text()
+        assert sum(ln.startswith("# ") for ln in log.splitlines()) == 1 and "Error" not in log, log
+        assert len(list((out / "runs" / name).glob("events.out.tfevents.*"))) == 1
+        assert (out / "runs" / name / "result.json").exists()
+    assert compare.main(["--out", str(out), "--report-only", "--resamples", "2000"]) == 0
+    assert [r["status"] for r in read_csv(out / "results.csv")] == ["finished"] * 4
+
+
+# ----------------------------------------------------------------------------- every cell of summary.md, recomputed
+
+FRAC, SMOOTH, RESAMPLES = 0.1, 10, 2000
+
+
+def table_rows(summary: str) -> dict[tuple[str, str], list[str]]:
+    """{(section, backbone): cells} for every table row of summary.md."""
+    rows, section = {}, None
+    for line in summary.splitlines():
+        if line.startswith("## "):
+            section = line[3:]
+        elif line.startswith("| ") and not line.startswith("| backbone |"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[(section, cells[0])] = cells[1:]
+    return rows
+
+
+def final_of(steps: np.ndarray, values: np.ndarray, total: int) -> float:
+    sel = values[steps > total * (1 - FRAC)]
+    return float(sel.mean()) if sel.size else float(values[-1])
+
+
+def first_reach(steps: np.ndarray, values: np.ndarray, thr: float) -> float:
+    w = min(SMOOTH, len(values))
+    for i in range(w - 1, len(values)):
+        if np.mean(values[i - w + 1 : i + 1]) >= thr:
+            return float(steps[i])
+    return math.inf
+
+
+def interquartile_mean(x) -> float:
+    x = np.sort(np.asarray(x, dtype=float))
+    k = int(0.25 * len(x))
+    return float(x[k : len(x) - k].mean())
+
+
+def percentile_ci(x) -> tuple[float, float]:
+    from scipy.stats import bootstrap
+
+    r = bootstrap((np.asarray(x, dtype=float),), np.mean, confidence_level=0.95, n_resamples=RESAMPLES, method="percentile",
+                  rng=np.random.default_rng(0))
+    return float(r.confidence_interval.low), float(r.confidence_interval.high)
+
+
+def check_summary(summary: str, rows: list[dict], curves: dict[tuple[str, str, int], dict], score_lo: dict[str, float]) -> dict:
+    """Recompute each cell of summary.md: finals from the events (`curves`: (env, backbone, seed) ->
+    {tag: (steps, values)}), checked against results.csv; mean, IQM, 95% CI, steps to threshold
+    (median over finished seeds, never = infinity) and reached counts; the aggregate over envs.
+    Returns {(env, backbone): finals} for the caller's own checks."""
+    table = table_rows(summary)
+    seen, finals_by = set(), {}
+    norm: dict[str, dict[int, list[float]]] = {}
+    envs = list(dict.fromkeys(r["env"] for r in rows))
+    for env in envs:
+        env_rows = [r for r in rows if r["env"] == env]
+        tag = "charts/accuracy" if any("charts/accuracy" in curves.get((env, r["backbone"], int(r["seed"])), {}) for r in env_rows) else "charts/episodic_return"
+        thr = float(env_rows[0]["threshold"])
+        for bb in dict.fromkeys(r["backbone"] for r in env_rows):
+            group = [r for r in env_rows if r["backbone"] == bb]
+            done = [r for r in group if r["status"] == "finished"]
+            finals, returns, reach = [], [], []
+            for r in done:
+                c = curves[(env, bb, int(r["seed"]))]
+                total = int(r["steps"])
+                v = final_of(*c[tag], total)
+                col = "final_accuracy" if tag == "charts/accuracy" else "final_return"
+                assert float(r[col]) == pytest.approx(v, abs=1e-4), (env, bb, r["seed"])
+                finals.append(v)
+                returns.append(final_of(*c["charts/episodic_return"], total))
+                reach.append(first_reach(*c[tag], thr))
+                step_cell = "" if math.isinf(reach[-1]) else str(int(reach[-1]))
+                assert r["steps_to_threshold"] == step_cell
+                norm.setdefault(bb, {}).setdefault(int(r["seed"]), []).append((v - score_lo[env]) / (1 - score_lo[env]))
+            finals_by[(env, bb)] = finals
+            cells = table[(env, bb)]
+            seen.add((env, bb))
+            lo, hi = percentile_ci(finals)
+            med = float(np.median(reach))
+            want = [f"{len(done)}/{len(group)}", f"{np.mean(finals):.3f}", f"{interquartile_mean(finals):.3f}",
+                    f"[{lo:.3f}, {hi:.3f}]", f"{int(med):,}" if math.isfinite(med) else "not reached",
+                    f"{sum(math.isfinite(x) for x in reach)}/{len(done)}"]
+            if tag == "charts/accuracy":
+                want.append(f"{np.mean(returns):.3f}")
+            assert cells == want, (env, bb, cells, want)
+    if len(envs) > 1:
+        for bb, per_seed in norm.items():
+            seed_means = [float(np.mean(v)) for v in per_seed.values() if len(v) == len(envs)]
+            lo, hi = percentile_ci(seed_means)
+            every = [x for v in per_seed.values() for x in v]
+            want = [str(len(seed_means)), f"{np.mean(seed_means):.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{interquartile_mean(every):.3f}"]
+            assert table[("Aggregate over envs", bb)] == want, (bb, table[("Aggregate over envs", bb)], want)
+            seen.add(("Aggregate over envs", bb))
+    assert seen == set(table), set(table) - seen  # no row left unchecked
+    return finals_by
+
+
+def events_curves(run_dir: Path) -> dict:
+    """Every scalar of a run, read with TensorBoard's own reader (not compare's)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        ev = sorted(acc.Scalars(tag), key=lambda e: e.step)
+        out[tag] = (np.array([e.step for e in ev]), np.array([e.value for e in ev], dtype=float))
+    return out
+
+
+def test_tiny_grid_summary_every_cell(grid):
+    rows = read_csv(grid / "results.csv")
+    curves = {(r["env"], r["backbone"], int(r["seed"])): events_curves(Path(r["run_dir"])) for r in rows}
+    check_summary((grid / "summary.md").read_text(), rows, curves, {ENV: 1 / 3})
+
+
+def synthetic_runs() -> list:
+    """2 envs x 2 backbones x 5 seeds of logged curves (100 points each) whose final scores differ
+    per seed, with an outlier seed so the IQM is not the mean; one run failed."""
+    rng = np.random.default_rng(7)
+    steps = np.arange(1, 101) * 64
+    plateau = {"good": [0.95, 0.9, 0.97, 0.4, 0.92], "weak": [0.3, 0.55, 0.6, 0.35, 0.62]}
+    runs = []
+    for env in (ENV, "MiniGrid-MemoryS9-v0"):
+        for bb, levels in plateau.items():
+            for seed, p in enumerate(levels, start=1):
+                rise = np.clip(steps / (2000 + 900 * seed), 0, 1)
+                score = np.clip(p * rise + rng.normal(0, 0.03, steps.size), 0, 1)
+                curves = {"charts/episodic_return": (steps, score * 0.9 + 0.05), "charts/SPS": (steps, np.full(steps.size, 500.0))}
+                if env == ENV:
+                    curves["charts/accuracy"] = (steps, score)
+                failed = env == ENV and bb == "weak" and seed == 5
+                runs.append(rundata.RunData(f"{env}__{bb}__{seed}", env, bb, seed, None, "failed" if failed else "finished",
+                                            1 if failed else None, {"vocab_size": 8, "noise_vocab_size": 2}, curves,
+                                            int(steps[-1]), 10.0, 640.0))
+    return runs
+
+
+def test_synthetic_summary_every_cell_iqm_and_ci(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments import report
+
+    runs = synthetic_runs()
+    settings = SimpleNamespace(final_frac=FRAC, smooth=SMOOTH, confidence=0.95, resamples=RESAMPLES)
+    thresholds = {ENV: 0.5, "MiniGrid-MemoryS9-v0": 0.9}
+    report.build_report(tmp_path, runs, thresholds, settings, ["good", "weak"])
+    rows = read_csv(tmp_path / "results.csv")
+    curves = {(r.env_id, r.backbone, r.seed): r.curves for r in runs}
+    summary = (tmp_path / "summary.md").read_text()
+    finals = check_summary(summary, rows, curves, {ENV: 1 / 3, "MiniGrid-MemoryS9-v0": 0.0})
+    # The grid is one where the checks bite: IQM and mean differ in the table's digits, and a CI
+    # over every logged point (not one final per seed) would be a different interval.
+    for (env, bb), x in finals.items():
+        assert len(x) >= 4 and f"{interquartile_mean(x):.3f}" != f"{np.mean(x):.3f}", (env, bb)
+        logged = np.concatenate([r.curves["charts/accuracy" if env == ENV else "charts/episodic_return"][1]
+                                 for r in runs if r.env_id == env and r.backbone == bb and r.status == "finished"])
+        assert [f"{v:.3f}" for v in percentile_ci(logged)] != [f"{v:.3f}" for v in percentile_ci(x)]
+    assert "- memrl/NoisyRecall-v0__weak__5: failed, exit 1" in summary
