@@ -1,7 +1,8 @@
 """memory.ops: every fast path (and the parallel/GPU-form implementations, run on CPU here) equals
 its plain reference loop in values and gradients; float64 gradcheck on small sizes; Newton-Schulz
 output spectra; the mLSTM cell kernels against the plain recurrence (resets, large gates, the
-overflow-free normalizer, mlstm_kernels when installed); clear errors."""
+overflow-free normalizer, mlstm_kernels when installed); the log-space linear scan against the
+ordinary-space recurrence; clear errors."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from memory.ops import (
     gru_layer_ref,
     linear_scan,
     linear_scan_ref,
+    log_linear_scan,
+    log_linear_scan_ref,
     matrix_scan,
     matrix_scan_ref,
     mlstm_chunkwise,
@@ -182,6 +185,120 @@ def test_linear_scan_non_contiguous_and_inputs_untouched():
     for method in METHODS:
         torch.testing.assert_close(linear_scan(gate, x, reset, method=method), linear_scan_ref(gate, x, reset), **F32)
     assert torch.equal(x, x_copy)
+
+
+# ------------------------------------------------------------------------------- log_linear_scan
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 40),
+    B=st.integers(1, 4),
+    trailing=st.sampled_from([(), (3,), (2, 3)]),
+    bmask=st.integers(0, 15),
+    reset_kind=RESETS,
+    with_state0=st.booleans(),
+    method=st.sampled_from(METHODS),
+    seed=st.integers(0, 2**16),
+)
+def test_log_linear_scan_equals_linear_recurrence(T, B, trailing, bmask, reset_kind, with_state0, method, seed):
+    """On positive a, b, h0: exp(log_linear_scan(log a, log b, reset, log h0)) is the plain linear
+    recurrence in ordinary space (linear_scan_ref), values and gradients with respect to a, b and
+    h0 through the logs, float64; broadcast gates, random resets, a carried state."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(generator=g, dtype=torch.float64)
+    xshape = (T, B, *trailing)
+    gshape = tuple(1 if (bmask >> i) & 1 else s for i, s in enumerate(xshape))
+    a = (0.05 + 0.95 * torch.rand(gshape, **f64)).requires_grad_()
+    b = torch.exp(2 * torch.randn(xshape, **f64)).requires_grad_()  # several orders of magnitude
+    reset = _reset(reset_kind, T, B, g)
+    h0 = torch.exp(torch.randn(xshape[1:], **f64)).requires_grad_() if with_state0 else None
+    inputs = [a, b] + ([h0] if with_state0 else [])
+    w = torch.randn(xshape, **f64)
+
+    ref = linear_scan_ref(a, b, reset, h0)
+    out = log_linear_scan(a.log(), b.log(), reset, None if h0 is None else h0.log(), method=method).exp()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=0)
+    for x, y in zip(_grads(out, inputs, w), _grads(ref, inputs, w)):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
+    # And the log-space reference loop (torch.logaddexp step by step) gives the same logs.
+    lref = log_linear_scan_ref(a.log(), b.log(), reset, None if h0 is None else h0.log())
+    torch.testing.assert_close(out.log(), lref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("gshape", [(6, 2, 3), (6, 2, 1), (1, 2, 3), (6, 1, 1)])
+def test_log_linear_scan_gradcheck(method, gshape):
+    g = torch.Generator().manual_seed(0)
+    lb = torch.randn(6, 2, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    la = (-torch.rand(gshape, dtype=torch.float64, generator=g) * 3).requires_grad_()
+    lh0 = torch.randn(2, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    reset = torch.tensor([[False, True], [False, False], [True, False], [False, False], [True, True], [False, False]])
+    assert torch.autograd.gradcheck(lambda x, y, z: log_linear_scan(x, y, reset, z, method=method), (la, lb, lh0))
+    assert torch.autograd.gradcheck(lambda x, y: log_linear_scan(x, y, reset, method=method), (la, lb))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_log_linear_scan_semantics_and_minus_infinity(method):
+    T, B = 6, 3
+    lb = torch.randn(T, B, 4)
+    la = torch.full((T, B, 1), -0.7)
+    lh0 = torch.randn(B, 4)
+    # All resets: nothing carried, l == log_b, log_h0 ignored.
+    torch.testing.assert_close(log_linear_scan(la, lb, torch.ones(T, B, dtype=torch.bool), lh0, method=method), lb)
+    # No resets, a = 1: log of a cumulative sum starting from h0.
+    none = torch.zeros(T, B, dtype=torch.bool)
+    l = log_linear_scan(torch.zeros(T, B, 1), lb, none, lh0, method=method)
+    torch.testing.assert_close(l, torch.log(lh0.exp() + lb.exp().cumsum(0)))
+    # A zero state (log_h0 = -inf, as a fresh minGRU state) and a zero gate (-inf) are exact, and
+    # the gradient there is 0, not NaN (torch.logaddexp's own backward gives NaN at (-inf, -inf)).
+    lb_, la_ = lb.clone().requires_grad_(), torch.randn(T, B, 4).requires_grad_()
+    lh0_ = torch.full((B, 4), float("-inf"), requires_grad=True)
+    la_in = torch.where(torch.arange(T)[:, None, None] == 2, float("-inf"), la_)
+    l = log_linear_scan(la_in, lb_, none, lh0_, method=method)
+    torch.testing.assert_close(l[0], lb[0])
+    first = torch.zeros(T - 2, B, dtype=torch.bool)
+    first[0] = True
+    torch.testing.assert_close(l[2:], log_linear_scan(la_[2:], lb[2:], first, method=method))
+    gl0, gla, glb = torch.autograd.grad(l.sum(), [lh0_, la_, lb_])
+    assert torch.all(gl0 == 0) and torch.all(gla[0] == 0) and torch.all(gla[2] == 0)
+    assert torch.isfinite(gla).all() and torch.isfinite(glb).all()
+
+
+@pytest.mark.parametrize("method", ["loop", "parallel"])
+def test_log_linear_scan_float32_where_linear_space_underflows(method):
+    """Terms of size e^-150 (0 in float32) and products of 400 gates of e^-0.5 (e^-200): in float32
+    the log scan keeps the logs to float32 precision (against the float64 log reference), where the
+    ordinary-space scan of the same numbers returns log 0 = -inf."""
+    g = torch.Generator().manual_seed(1)
+    T, B = 400, 2
+    la = -0.5 + 0.1 * torch.randn(T, B, 3, generator=g, dtype=torch.float64)
+    lb = -150 + 5 * torch.randn(T, B, 3, generator=g, dtype=torch.float64)
+    lb[0] = -20  # the first term dominates for a while, then decays by e^-0.5 per step
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[200, 1] = True
+    ref = log_linear_scan_ref(la, lb, reset)
+    out = log_linear_scan(la.float(), lb.float(), reset, method=method)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-3)
+    assert torch.isinf(linear_scan(la.float().exp(), lb.float().exp(), reset).log()).any()
+
+
+def test_log_linear_scan_errors():
+    T, B = 4, 2
+    lb = torch.randn(T, B, 3)
+    r = torch.zeros(T, B, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"log_linear_scan: reset must be bool \[T, B\]"):
+        log_linear_scan(torch.zeros(T, B, 1), lb, r.float())
+    with pytest.raises(ValueError, match=r"log_a must have log_b's number of dims.*got log_a \[4, 2, 2\]"):
+        log_linear_scan(torch.zeros(T, B, 2), lb, r)
+    with pytest.raises(ValueError, match=r"log_h0 must be log_b.shape\[1:\] = \[2, 3\], got \[4, 2, 3\]"):
+        log_linear_scan(torch.zeros(T, B, 1), lb, r, lb)
+    with pytest.raises(ValueError, match="log_a and log_b must share a dtype"):
+        log_linear_scan(torch.zeros(T, B, 1, dtype=torch.float64), lb, r)
+    with pytest.raises(ValueError, match="log_b must be a floating-point tensor, got dtype torch.complex64"):
+        log_linear_scan(torch.zeros(T, B, 1), lb.to(torch.complex64), r)
+    with pytest.raises(ValueError, match="method must be one of"):
+        log_linear_scan(torch.zeros(T, B, 1), lb, r, method="cumsum")
 
 
 # ----------------------------------------------------------------------------------- matrix_scan

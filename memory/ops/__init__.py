@@ -2,6 +2,8 @@
 
 - ``linear_scan(gate, x, reset, state0=None)``: h[t] = gate[t] * (0 if reset[t] else h[t-1]) + x[t]
   (float or complex: the diagonal complex recurrences of lru and ffm)
+- ``log_linear_scan(log_a, log_b, reset, log_h0=None)``: the same recurrence for positive a, b, carried
+  as log h (minGRU's log-space form; a reset is a -inf gate)
 - ``matrix_scan(m, reset, state0=None)``: H[t] = (I if reset[t] else H[t-1]) @ m[t]
 - ``newton_schulz(x, steps=5, eps=1e-7)``: Muon's quintic orthogonalization of [..., m, n]
 - ``gru_layer(xw, h0, keep, w_hh, b_hh)``: one GRU layer over [T, B] with resets, hand-written backward
@@ -12,14 +14,16 @@
 Each has a plain reference loop beside it (``*_ref``); the fast paths are tested against them.
 """
 
-from memory.ops.reference import linear_scan_ref, matrix_scan_ref, mlstm_ref, newton_schulz_ref
+from memory.ops.reference import linear_scan_ref, log_linear_scan_ref, matrix_scan_ref, mlstm_ref, newton_schulz_ref
 from memory.ops.scan import linear_scan, matrix_scan
+from memory.ops.log_scan import log_linear_scan
 from memory.ops.newton_schulz import newton_schulz
 from memory.ops.gru import gru_layer, gru_layer_ref
 from memory.ops.mlstm import mlstm_chunkwise, mlstm_recurrent, mlstm_stabilizer, mlstm_states
 
 __all__ = [
     "linear_scan",
+    "log_linear_scan",
     "matrix_scan",
     "newton_schulz",
     "gru_layer",
@@ -30,6 +34,7 @@ __all__ = [
     "mlstm_states",
     "mlstm_ref",
     "linear_scan_ref",
+    "log_linear_scan_ref",
     "matrix_scan_ref",
     "newton_schulz_ref",
 ]

@@ -90,3 +90,33 @@ def check_newton_schulz(x: Tensor, steps: int, eps: float) -> None:
         raise ValueError(f"{name}: steps must be an int >= 0, got {steps!r}")
     if not eps > 0:
         raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
+
+
+def check_log_linear_scan(log_a: Tensor, log_b: Tensor, reset: Tensor, log_h0: Tensor | None) -> None:
+    name = "log_linear_scan"
+    check_float(name, "log_b", log_b)
+    check_float(name, "log_a", log_a)
+    if log_b.dim() < 2:
+        raise ValueError(f"{name}: log_b must be [T, B, ...] (at least 2 dims), got {_shape(log_b)}")
+    if log_a.dim() != log_b.dim() or any(g != 1 and g != s for g, s in zip(log_a.shape, log_b.shape)):
+        raise ValueError(
+            f"{name}: log_a must have log_b's number of dims with each dim equal to log_b's or 1 "
+            f"(log_b {_shape(log_b)}), got log_a {_shape(log_a)}"
+        )
+    if log_a.dtype != log_b.dtype or log_a.device != log_b.device:
+        raise ValueError(
+            f"{name}: log_a and log_b must share a dtype and device, got ({log_a.dtype}, {log_a.device}) "
+            f"and ({log_b.dtype}, {log_b.device})"
+        )
+    check_reset(name, reset, log_b.shape[0], log_b.shape[1])
+    if reset.device != log_b.device:
+        raise ValueError(f"{name}: reset must be on log_b's device {log_b.device}, got {reset.device}")
+    if log_h0 is not None:
+        check_float(name, "log_h0", log_h0)
+        if log_h0.shape != log_b.shape[1:]:
+            raise ValueError(f"{name}: log_h0 must be log_b.shape[1:] = {_shape(log_b)[1:]}, got {_shape(log_h0)}")
+        if log_h0.dtype != log_b.dtype or log_h0.device != log_b.device:
+            raise ValueError(
+                f"{name}: log_h0 must match log_b's dtype/device ({log_b.dtype}, {log_b.device}), "
+                f"got ({log_h0.dtype}, {log_h0.device})"
+            )

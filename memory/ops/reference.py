@@ -35,6 +35,22 @@ def linear_scan_ref(gate: Tensor, x: Tensor, reset: Tensor, state0: Tensor | Non
     return torch.stack(out)
 
 
+def log_linear_scan_ref(log_a: Tensor, log_b: Tensor, reset: Tensor, log_h0: Tensor | None = None) -> Tensor:
+    """l[t] = logaddexp(log_a[t] + (-inf if reset[t] else l[t-1]), log_b[t]); l[-1] = log_h0 (-inf if
+    None): log h for h[t] = a[t] * (0 if reset[t] else h[t-1]) + b[t], the recurrence of
+    linear_scan_ref in log space. log_a: broadcastable to log_b [T, B, ...]; reset: bool [T, B].
+    Returns l [T, B, ...]. (torch.logaddexp's backward is NaN at (-inf, -inf): give finite log_b.)"""
+    T = log_b.shape[0]
+    log_a = log_a.expand(T, *log_a.shape[1:]) if log_a.shape[0] == 1 else log_a
+    prev = torch.full_like(log_b[0], float("-inf")) if log_h0 is None else log_h0  # [B, ...]
+    out = []
+    for a_t, b_t, r_t in zip(log_a.unbind(0), log_b.unbind(0), reset.unbind(0)):
+        prev = torch.where(_batch_mask(r_t, prev.dim()), float("-inf"), prev)
+        prev = torch.logaddexp(a_t + prev, b_t)
+        out.append(prev)
+    return torch.stack(out)
+
+
 def matrix_scan_ref(m: Tensor, reset: Tensor, state0: Tensor | None = None) -> Tensor:
     """H[t] = (I if reset[t] else H[t-1]) @ m[t]; H[-1] = state0 (identity if None).
 
