@@ -508,8 +508,9 @@ def test_update_recomputes_exactly_what_acting_computed(backbone):
         assert ro.reset[1:].any(), "the rollout should contain episode starts"
         # Not vacuous: the states move and the value depends on the input (mlp has no state).
         for s, s0 in zip(ro.start_states, agent.initial_state(6)):
-            assert (s - s0.to(s.dtype)).abs().amax() > 0.05, "the memory state should move"
-        assert ro.values.std() > 0.01, "the value should depend on the input"
+            # (by far more than float rounding; ssm's small initial step sizes move it ~0.01)
+            assert (s - s0.to(s.dtype)).abs().amax() > 1e-3, "the memory state should move"
+        assert ro.values.std() > 1e-3, "the value should depend on the input"
         # Chunk k starts where chunk k - 1, run from its own stored start state, ended (the first
         # chunk where the previous rollout ended; the initial state for the first rollout).
         for k in range(ro.reset.shape[0] // L):
