@@ -23,8 +23,10 @@ OWN_FLAGS = {
     "--resume": "(automatic)", "--torch-threads": "--jobs", "--memory-options": "--backbones NAME:key=value,...",
 }
 # Config keys that may differ between the grid's intent and an existing run without making it a
-# different experiment (where it lives, how many threads it used, whether it drew a progress bar).
-CONFIG_IGNORED = {"runs_dir", "run_name", "resume", "torch_threads", "progress"}
+# different experiment (where it lives, how many threads it used, whether it drew a progress bar,
+# how its preset was asked for: what a preset set shows in the values and in preset_applied, and
+# runs made before presets existed have no preset key).
+CONFIG_IGNORED = {"runs_dir", "run_name", "resume", "torch_threads", "progress", "checkpoint_every", "preset"}
 
 
 

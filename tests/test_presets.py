@@ -99,3 +99,27 @@ def test_resume_keeps_the_runs_own_values(tmp_path):
     resumed = train.train(Args(resume=str(part), progress=False))
     cfg = _config(tmp_path, "r")
     assert resumed == part and cfg["update_epochs"] == 8 and (part / "result.json").exists()
+
+
+def test_compare_accepts_runs_made_before_presets_and_refuses_a_preset_mix(tmp_path):
+    """A grid directory written before presets existed (config.json without the preset keys) is the
+    same experiment when no preset applies; a preset that changes values makes it a different one."""
+    import dataclasses
+
+    from experiments.grid import Backbone, Run, UsageError, check_config
+
+    def run_with(argv, have: dict) -> Run:
+        d = tmp_path / str(len(list(tmp_path.iterdir())))
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(have))
+        config = json.loads(json.dumps(dataclasses.asdict(parse_args(argv)[0])))
+        return Run("x", Backbone("lstm", "lstm", ()), 1, "n", d, argv, config)
+
+    old = json.loads(json.dumps(dataclasses.asdict(Args(env_id="MiniGrid-MemoryS7-v0"))))
+    for k in ("preset", "preset_applied"):
+        del old[k]
+    check_config(run_with(["--env-id", "MiniGrid-MemoryS7-v0"], old))  # no preset applies: the same
+    old_s9 = {**old, "env_id": "MiniGrid-MemoryS9-v0"}
+    check_config(run_with([*S9, "--preset", "none"], old_s9))
+    with pytest.raises(UsageError, match="setting.s. differ"):
+        check_config(run_with(S9, old_s9))  # the lstm preset changes head_size, epochs, encoder
