@@ -34,8 +34,13 @@ RUNNING_ELSEWHERE = 1000  # another process holds the run's lock; nothing was st
 LOST = 1001  # Ray gave up on the task (its node or worker died more often than max_retries)
 
 # Makes the run's process die with the process that launched it (Linux prctl PR_SET_PDEATHSIG),
-# then becomes train.py: no orphan keeps writing into a run directory a retry now owns.
+# then becomes train.py: no orphan keeps writing into a run directory a retry now owns. A Ray
+# worker's threads block and ignore signals, which a child inherits: unblock and reset them, or
+# the SIGINT asking train.py to checkpoint would never arrive.
 _GUARD = ("import ctypes, os, signal, sys\n"
+          "signal.pthread_sigmask(signal.SIG_SETMASK, [])\n"
+          "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):\n"
+          "    signal.signal(s, signal.SIG_DFL)\n"
           "try:\n"
           "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
           "except (OSError, AttributeError):\n"
@@ -279,7 +284,8 @@ class RayExecutor(Executor):
         self.max_retries = max_retries
         self._owns = not ray.is_initialized()
         if self._owns:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+            # address "local": a new Ray of this process's own (None would join one that happens to run here).
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                      configure_logging=False)
         self._task = ray.remote(run_on_node)
         self._refs: dict[object, Job] = {}

@@ -129,3 +129,41 @@ def test_ray_executor_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and 'pip install -e ".[ray]"' in err[0], err
     assert not out.exists()
+
+
+def test_ray_stop_reaches_train_py_as_one_sigint(cluster, tmp_path):
+    """executor.stop (what a Ctrl-C does to every running run) arrives in the run's process as
+    exactly one SIGINT, though Ray's workers block signals that their children inherit."""
+    import textwrap
+
+    from experiments import executors
+
+    c, _ = cluster
+    child = textwrap.dedent("""
+        import pathlib, signal, sys, time
+        d = pathlib.Path(sys.argv[1])
+        def on_sigint(signum, frame):
+            with open(d / "signals", "a") as f:
+                f.write(f"{signum}\\n")
+            time.sleep(0.3)
+            sys.exit(130)
+        signal.signal(signal.SIGINT, on_sigint)
+        (d / "ready").write_text("1")
+        time.sleep(60)
+    """)
+    data = tmp_path / "data"
+    data.mkdir()
+    job = executors.Job("a", [str(data)], tmp_path / "a.log", tmp_path / "runs" / "a", program=[sys.executable, "-c", child])
+    ex = executors.RayExecutor(c.address)
+    try:
+        ex.submit(job)
+        deadline = time.time() + 30
+        while not (data / "ready").exists():
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert ex.running() == ["a"]
+        ex.stop("a")
+        assert ex.wait(timeout=30) == [("a", 130)]
+        assert (data / "signals").read_text() == "2\n" and ex.running() == []
+    finally:
+        ex.close()
