@@ -797,7 +797,7 @@ def write_outputs(sw: Sweep, study) -> None:
     trained = sum(steps_trained(sw, t) for t in trials)
     planned = len(trials) * len(a.seeds) * a.total_timesteps
     wall = float(study.user_attrs.get("wall_time", 0.0))
-    budget = (f"{trained:,} env steps trained ({len(trials)} trials x {len(a.seeds)} seed(s) x {a.total_timesteps:,} steps "
+    budget = (f"{trained:,} env steps trained ({len(trials)} trial(s) x {len(a.seeds)} seed(s) x {a.total_timesteps:,} steps "
               f"would be {planned:,} without pruning); {_duration(wall)} wall time over {study.user_attrs.get('sessions', 1)} session(s)")
     best = min(complete, key=lambda t: t.value) if complete and sw.direction == "minimize" else (
         max(complete, key=lambda t: t.value) if complete else None)
@@ -825,7 +825,7 @@ def write_outputs(sw: Sweep, study) -> None:
     plots = write_plots(sw, study, complete)
     md = [f"# Sweep: {sw.backbone.display} on {a.env_id}", "", f"    {command}", "",
           f"Objective: **{a.objective}** ({sw.direction}d) of {best.user_attrs.get('score_tag') if best else 'the score'} per run, "
-          f"the mean over seeds {', '.join(seeds)} (docs/sweeps.md says what each objective rewards and why auc is the default).", "",
+          f"{'the mean over seeds ' + ', '.join(seeds) if len(seeds) > 1 else 'seed ' + seeds[0]} (docs/sweeps.md says what each objective rewards and why auc is the default).", "",
           f"Trials: {len(trials)} of {a.trials} ({counts['COMPLETE']} complete, {counts['PRUNED']} pruned by the "
           f"{a.pruner} pruner, {counts['FAIL']} failed, {counts['RUNNING']} unfinished)"
           + (f"; {waiting} enqueued trial(s) waiting." if waiting else "."), "", f"Budget: {budget}.", ""]
@@ -842,7 +842,8 @@ def write_outputs(sw: Sweep, study) -> None:
            "|" + "-|" * (4 + len(seeds) + len(names))]
     for t in ranked:
         sc = t.user_attrs.get("scores", {})
-        md.append(f"| {t.number} | {t.state.name.lower()} | {_fmt(t.value) if t.state == TrialState.COMPLETE else ''} | "
+        state = "unfinished" if t.state == TrialState.RUNNING else t.state.name.lower()
+        md.append(f"| {t.number} | {state} | {_fmt(t.value) if t.state == TrialState.COMPLETE else ''} | "
                   + " | ".join(_fmt(sc.get(s)) for s in seeds) + " | " + " | ".join(_fmt(t.params.get(n)) for n in names)
                   + f" | {_fmt(t.user_attrs.get('pruned_at'))} |")
     md += ["", "## Plots", "", *[f"- {p}" for p in plots], "",
