@@ -1,7 +1,7 @@
 """ssm: the layer (causal conv + one linear_scan over [T, B, D, N]) equals the module docstring's
 equations run step by step (values and gradients, float64, random resets, a carried state
 including the conv history); the conv never reads across an episode start; Mamba's
-initialization; options and errors.
+initialization and the defaults' two departures from it (dt range, B/C scale); options and errors.
 
 The backbone contract (tests/test_memory_contract.py) also runs for ssm and its variants."""
 
@@ -96,21 +96,42 @@ def test_conv_history_never_crosses_an_episode_start():
 
 def test_initialization_follows_mamba():
     torch.manual_seed(0)
-    m = memory.make("ssm", 4, 32, d_state=4, dt_min=1e-3, dt_max=0.1)
+    m = memory.make("ssm", 4, 32, d_state=4, dt_min=1e-3, dt_max=0.1, bc_scale=1.0)
     torch.testing.assert_close(torch.exp(m.A_log[0]).detach(), torch.arange(1.0, 5.0))
     dt = torch.nn.functional.softplus(m.dt_proj.bias).detach()
     assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
     assert torch.all(m.D_skip == 1)
     assert m.dt_rank == 2 and m.d_inner == 32
+    assert m.x_proj.weight.abs().max() <= 32**-0.5  # torch's default: uniform in +-1/sqrt(fan_in)
+
+
+def test_default_init_departures_dt_range_and_bc_scale():
+    """The defaults depart from Mamba's in two places (module docstring): dt in [0.1, 1], and
+    x_proj's B and C rows at 16 times torch's init, with the dt rows and everything else drawn
+    as with bc_scale=1 (same seed, same parameters but those rows)."""
+    torch.manual_seed(0)
+    m = memory.make("ssm", 4, 32, d_state=4)
+    dt = torch.nn.functional.softplus(m.dt_proj.bias).detach()
+    assert dt.min() >= 0.1 * 0.999 and dt.max() <= 1.0 * 1.001
+    torch.manual_seed(0)
+    ref = memory.make("ssm", 4, 32, d_state=4, bc_scale=1.0)
+    R = m.dt_rank
+    torch.testing.assert_close(m.x_proj.weight[R:], 16 * ref.x_proj.weight[R:], rtol=0, atol=0)
+    torch.testing.assert_close(m.x_proj.weight[:R], ref.x_proj.weight[:R], rtol=0, atol=0)
+    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+        if name != "x_proj.weight":
+            assert torch.equal(p, q), name
 
 
 def test_options_and_errors():
     assert memory.parse_options("ssm", ["d_state=16", "expand=2"]) == {"d_state": 16, "expand": 2}
+    assert memory.parse_options("ssm", ["bc_scale=1"]) == {"bc_scale": 1.0}
     assert "ssm" in memory.describe("ssm")
     for opts, match in [
         ({"d_state": 0}, "must be >= 1"),
         ({"conv_kernel": 1}, "conv_kernel must be 0"),
         ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min <= dt_max"),
+        ({"bc_scale": 0.0}, "bc_scale must be > 0"),
     ]:
         with pytest.raises(ValueError, match=match):
             memory.make("ssm", 4, 8, **opts)
