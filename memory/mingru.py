@@ -36,7 +36,7 @@ survives 5 steps with weight 2^-5 and a gradient to match; at -1.5 it keeps 0.82
 (1 - z)^5 z, the weight of an input 5 steps back, is near its maximum (z = 1/6). On the learning
 test's cue-recall task (tests/test_learning.py's budget, the cue 5 steps before the query), final
 return on seeds 1, 2, 3: torch's default bias 0.57, 0.56, 0.90; a zero bias 0.48, 0.59, 0.93;
--1.5 1.00, 0.99, 1.00; -3 1.00, 0.99, 0.98 (num_layers=2 with torch's default bias: 1.00, 1.00,
+-1.5 1.00, 0.99, 1.00 (fresh seeds 4, 5: 1.00, 1.00); -3 1.00, 0.99, 0.98 (num_layers=2 with torch's default bias: 1.00, 1.00,
 0.94, at about twice the cost of one layer). Tasks that hold a cue for much longer may want a
 more negative bias (the keep 1 - z = sigmoid(-gate_bias) sets the initial memory horizon).
 

@@ -24,7 +24,7 @@ def _train(tmp_path, backbone: str, **kw) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["lstm", "gru"])
+@pytest.mark.parametrize("backbone", ["lstm", "gru", "mingru", "ssm"])
 def test_recurrent_backbones_solve_cue_recall(tmp_path, backbone):
     assert _train(tmp_path, backbone) >= 0.9
 
