@@ -487,7 +487,7 @@ def open_study(sw: Sweep):
         study.set_user_attr("definition", sw.definition)
     n = len(load_study(sw.out).trials)
     sampler = optuna.samplers.TPESampler(seed=sw.args.sampler_seed * 100_003 + n, constant_liar=True,
-                                         n_startup_trials=max(1, min(10, sw.args.trials // 3)))
+                                         n_startup_trials=max(2, min(10, sw.args.trials // 3)))
     study = load_study(sw.out, sampler, make_pruner(sw))
     study.set_user_attr("command", sw.command)
     for params in sw.enqueued:

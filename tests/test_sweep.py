@@ -281,6 +281,18 @@ def test_driver_fails_interrupts_and_resumes(tmp_path, capsys):
     assert (tmp_path / "study.journal").stat().st_mtime_ns == journal.st_mtime_ns
 
 
+def test_steps_objective_is_minimized(tmp_path):
+    """--objective steps: a run reaching the threshold scores the step it did (the trailing mean of
+    --smooth points), one that never does 2 x the budget; the best trial is the lowest."""
+    argv = set_flag(base_argv(tmp_path, "--pruner", "none", "--objective", "steps", "--threshold", "0.15", "--smooth", "2",
+                              "--enqueue", "learning_rate=0.001", "learning_rate=0.002"), "--total-timesteps", "1024")
+    assert sweep.main(argv, executor=InstantExecutor()) == 0
+    rows = read_csv(tmp_path / "trials.csv")
+    assert [float(r["steps"]) for r in rows] == [2048.0, 512.0]  # 0.101 never reaches 0.15; 0.201 from the 2nd point
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert (best["direction"], best["number"], best["value"]) == ("minimize", 1, 512.0)
+
+
 # ----------------------------------------------------------------------------- a real sweep
 
 
