@@ -18,12 +18,12 @@ lr 3e-3, 300 steps) are sized for a CPU: on the shared 2-core machine one 300-st
 25-65 s for mlstm at vocab 32/seq 128 and about 2 min at vocab 80/seq 512; mlstm-orth costs
 3-6x mlstm (Newton-Schulz at every step).
 
-Sequences come from the env's own generator (envs.noisy_recall.generate): training batches are
+Sequences come from the env's own generator (envs.recall_sequences.generate): training batches are
 fresh every step (no finite training set unless --train-examples), and the held-out set uses
 seeds the training stream never does. A backbone is NAME or NAME:key=value,key=value. --out
 appends one CSV row per (setting, backbone, seed) as it finishes; rerunning with the same --out
 skips rows already there (so a long sweep can be interrupted and continued). The table gives
-mean and a 95% percentile-bootstrap CI over seeds (compare.bootstrap_ci, scipy.stats.bootstrap).
+mean and a 95% percentile-bootstrap CI over seeds (experiments.stats.bootstrap_ci, scipy.stats.bootstrap).
 
 Single-threaded by default (--threads 1): on the shared 2-core machines more threads hurt; use
 --jobs 2 to run two (setting, backbone, seed) jobs at once instead.
@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import memory  # noqa: E402
-from experiments.stats import bootstrap_ci  # noqa: E402
-from envs.noisy_recall import NoisyRecallConfig, generate  # noqa: E402
+import memory
+from envs.recall_sequences import NoisyRecallConfig, generate
+from experiments.stats import bootstrap_ci
 
 EVAL_SEED_OFFSET = 1 << 31  # held-out sequences: seed words the training stream never uses
 
