@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from experiments.executors import RAY_MISSING, RUNNING_ELSEWHERE, Job, LocalExecutor, RayExecutor, run_jobs
-from experiments.grid import UsageError, canonical, cores, parse_thresholds, plan, train_command
+from experiments.grid import UsageError, canonical, cores, glue_train_args, parse_thresholds, plan, train_command
 from experiments.report import build_report
 from experiments.rundata import RunData, discover
 
@@ -165,20 +165,6 @@ def run_grid(args: Args) -> int:
           + (f"; {len(elsewhere)} run(s) still training in another process (report again when they finish): "
              f"{', '.join(d.name for d in elsewhere)}" if elsewhere else ""), file=sys.stderr)
     return 1 if failed else 0
-
-
-def glue_train_args(argv: list[str]) -> list[str]:
-    """`--train-args "--num-envs 8"` -> `--train-args=--num-envs 8`: the value starts with '--',
-    which the parser would otherwise take for a flag. --train-args always takes exactly one value."""
-    out, i = [], 0
-    while i < len(argv):
-        if argv[i] == "--train-args" and i + 1 < len(argv):
-            out.append(f"--train-args={argv[i + 1]}")
-            i += 2
-        else:
-            out.append(argv[i])
-            i += 1
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

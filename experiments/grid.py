@@ -272,3 +272,16 @@ def train_command(run: Run) -> list[str]:
         return [sys.executable, str(TRAIN_PY), "--resume", str(run.run_dir), *run.argv[i : i + 2]]
     return [sys.executable, str(TRAIN_PY), *run.argv]
 
+
+def glue_train_args(argv: list[str]) -> list[str]:
+    """`--train-args "--num-envs 8"` -> `--train-args=--num-envs 8`: the value starts with '--',
+    which the parser would otherwise take for a flag. --train-args always takes exactly one value."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--train-args" and i + 1 < len(argv):
+            out.append(f"--train-args={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
