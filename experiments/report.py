@@ -19,13 +19,30 @@ from experiments.rundata import ACCURACY_TAG, EVAL_ACCURACY_TAG, EVAL_RETURN_TAG
 from experiments.stats import bootstrap_ci, common_grid, curve_band, final_value, iqm, resample, steps_to_threshold
 
 
+def _umask() -> int:
+    """The process's umask: read from /proc/self/status where Linux shows it (setting and restoring
+    it would leave a moment in which another thread's new files get the wrong mask), else so."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file + rename: a reader (or a second compare.py writing the same report) never sees
-    half a file."""
+    half a file. The file gets the mode open() would give a new one (0666 less the umask: 0644
+    under the usual 022), not mkstemp's 0600."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -213,6 +214,33 @@ def test_tiny_grid_produces_every_output(grid):
         data = (grid / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert sorted(p.name for p in (grid / "logs").iterdir()) == [f"memrl-NoisyRecall-v0__{b}__{s}.log" for b in ("lstm", "mlp") for s in (1, 2)]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """write_atomic (results.csv, summary.md, the plots, a sweep's outputs) leaves 0666 less the
+    umask, as open() does for a new file, not mkstemp's 0600; a file it replaces gets it too."""
+    from experiments import report
+
+    old = tmp_path / "summary.md"
+    old.write_text("before")
+    old.chmod(0o600)
+    saved = os.umask(umask)
+    try:
+        report.write_atomic(tmp_path / "results.csv", b"env,backbone\n")
+        report.write_atomic(old, b"after")
+    finally:
+        os.umask(saved)
+    for name in ("results.csv", "summary.md"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+    assert old.read_text() == "after" and sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "summary.md"]
+
+
+def test_tiny_grid_outputs_get_the_umask_mode(grid):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("results.csv", "summary.md", "curves_memrl-NoisyRecall-v0.png", "curves_aggregate.png"):
+        assert stat.S_IMODE((grid / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_report_only_rebuilds_the_same_outputs(grid, tmp_path):
