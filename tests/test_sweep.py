@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from experiments import executors  # noqa: E402
-from experiments import sweep  # noqa: E402
+from experiments import objectives, space, study, sweep, sweep_setup  # noqa: E402
 from experiments.rundata import ACCURACY_TAG, RETURN_TAG, SPS_TAG  # noqa: E402
 
 ENV = "memrl/NoisyRecall-v0"
@@ -58,21 +59,21 @@ def launches(log: Path) -> list[str]:
 
 
 def test_space_distributions_and_flags():
-    lr = sweep.parse_param("learning_rate=loguniform:1e-4:3e-3")
+    lr = space.parse_param("learning_rate=loguniform:1e-4:3e-3")
     assert isinstance(lr.dist, optuna.distributions.FloatDistribution) and lr.dist.log
     assert (lr.dist.low, lr.dist.high) == (1e-4, 3e-3) and lr.flags(0.001) == ["--learning-rate", "0.001"]
-    ep = sweep.parse_param("update-epochs=int:2:10:2")  # '-' as in the flag works too
+    ep = space.parse_param("update-epochs=int:2:10:2")  # '-' as in the flag works too
     assert ep.name == "update_epochs" and (ep.dist.low, ep.dist.high, ep.dist.step) == (2, 10, 2)
     assert ep.flags(4) == ["--update-epochs", "4"]
-    ent = sweep.parse_param("ent_coef=choice:0,0.01,0.03")
+    ent = space.parse_param("ent_coef=choice:0,0.01,0.03")
     assert ent.dist.choices == (0.0, 0.01, 0.03)  # a float field: the choices are floats
-    enc = sweep.parse_param("obs_encoder=choice:onehot,cells")
+    enc = space.parse_param("obs_encoder=choice:onehot,cells")
     assert enc.dist.choices == ("onehot", "cells") and enc.flags("cells") == ["--obs-encoder", "cells"]
-    norm = sweep.parse_param("norm_adv=choice:true,false")
+    norm = space.parse_param("norm_adv=choice:true,false")
     assert norm.flags(True) == ["--norm-adv"] and norm.flags(False) == ["--no-norm-adv"]
-    clip = sweep.parse_param("clip_coef=uniform:0.1:0.3")
+    clip = space.parse_param("clip_coef=uniform:0.1:0.3")
     assert not clip.dist.log and clip.flags(0.2) == ["--clip-coef", "0.2"]
-    kl = sweep.parse_param("target_kl=choice:0.01,0.02")  # an optional float
+    kl = space.parse_param("target_kl=choice:0.01,0.02")  # an optional float
     assert kl.kind is float
 
 
@@ -80,7 +81,7 @@ def test_objectives_on_hand_made_curves():
     steps = np.arange(100, 1001, 100)  # 10 points, 100 .. 1000
     ramp = (steps - 100) / 900.0  # 0 .. 1, linear
     curve = (steps, ramp)
-    v = sweep.objective_value
+    v = objectives.objective_value
     # auc: the mean of a straight line is its midpoint; cut at 550 it is the mean of 0 .. 0.5.
     assert v(curve, 1000, "auc", 1000) == pytest.approx(0.5)
     assert v(curve, 550, "auc", 1000) == pytest.approx(ramp[4] / 2)  # points 100 .. 500: 0 .. 4/9
@@ -95,9 +96,9 @@ def test_objectives_on_hand_made_curves():
     assert v(curve, 1000, "steps", 1000, threshold=2.0, smooth=2) == 2000
     assert v(curve, 50, "auc", 1000) is None and v(None, 1000, "auc", 1000) is None
     assert v((np.array([300]), np.array([0.25])), 1000, "auc", 1000) == 0.25
-    assert sweep.checkpoints(1000, 10) == list(range(100, 1000, 100))
-    assert sweep.score_curve({RETURN_TAG: curve, ACCURACY_TAG: curve})[0] == ACCURACY_TAG
-    assert sweep.score_curve({RETURN_TAG: curve})[0] == RETURN_TAG
+    assert objectives.checkpoints(1000, 10) == list(range(100, 1000, 100))
+    assert objectives.score_curve({RETURN_TAG: curve, ACCURACY_TAG: curve})[0] == ACCURACY_TAG
+    assert objectives.score_curve({RETURN_TAG: curve})[0] == RETURN_TAG
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -163,13 +164,13 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, change, 
 def test_pruning_decision_from_events(tmp_path):
     """Checkpoints are reported only when every seed has passed them, as the mean over seeds of
     the objective of the curves cut there; the median pruner stops a trial below the completed ones."""
-    sw = sweep.prepare(sweep.Args(env_id=ENV, space=("learning_rate=loguniform:1e-4:3e-3",), trials=3, seeds=(1, 2),
-                                  total_timesteps=1000, train_args=TRAIN_ARGS, out=str(tmp_path), prune_startup=1))
-    study = optuna.create_study(direction="maximize", pruner=sweep.make_pruner(sw))
+    sw = sweep_setup.prepare(sweep.Args(env_id=ENV, space=("learning_rate=loguniform:1e-4:3e-3",), trials=3, seeds=(1, 2),
+                                        total_timesteps=1000, train_args=TRAIN_ARGS, out=str(tmp_path), prune_startup=1))
+    opt = optuna.create_study(direction="maximize", pruner=study.make_pruner(sw))
     steps = np.arange(100, 1001, 100)
 
     def trial_runs(values_by_seed: dict[int, float], upto: dict[int, int]):
-        trial = study.ask(sweep_dists(sw))
+        trial = opt.ask(sweep_dists(sw))
         jobs = {}
         for seed, value in values_by_seed.items():
             d = tmp_path / "runs" / sw.run_name(trial.number, seed)
@@ -180,8 +181,8 @@ def test_pruning_decision_from_events(tmp_path):
 
     good = trial_runs({1: 0.8, 2: 0.6}, {1: 1000, 2: 1000})
     reported = sweep.report_progress(sw, good)
-    assert [s for s, _ in reported] == sweep.checkpoints(1000, 10) and all(v == pytest.approx(0.7) for _, v in reported)
-    study.tell(good.trial, 0.7)
+    assert [s for s, _ in reported] == objectives.checkpoints(1000, 10) and all(v == pytest.approx(0.7) for _, v in reported)
+    opt.tell(good.trial, 0.7)
 
     # Seed 2 has only reached step 300: nothing past it is reported yet.
     bad = trial_runs({1: 0.2, 2: 0.4}, {1: 700, 2: 300})
@@ -309,8 +310,8 @@ def test_real_sweep_persists_resumes_prunes_and_writes_everything(tmp_path, caps
     import train
 
     out = tmp_path / "sw"
-    space = ["learning_rate=loguniform:1e-4:3e-3", "update_epochs=int:1:40", "vocab_size=choice:8,64"]
-    argv = ["--env-id", ENV, "--backbone", "lstm", "--space", *space, "--seeds", "1", "--total-timesteps", str(TOTAL),
+    dists = ["learning_rate=loguniform:1e-4:3e-3", "update_epochs=int:1:40", "vocab_size=choice:8,64"]
+    argv = ["--env-id", ENV, "--backbone", "lstm", "--space", *dists, "--seeds", "1", "--total-timesteps", str(TOTAL),
             f"--train-args={TRAIN_ARGS}", "--out", str(out), "--jobs", "2", "--poll", "0.1", "--prune-startup", "3",
             "--enqueue", "learning_rate=1e-3,update_epochs=2,vocab_size=8", "learning_rate=2e-3,update_epochs=2,vocab_size=8",
             "learning_rate=1.5e-3,update_epochs=3,vocab_size=8", "learning_rate=3e-4,update_epochs=40,vocab_size=64"]
@@ -326,9 +327,9 @@ def test_real_sweep_persists_resumes_prunes_and_writes_everything(tmp_path, caps
     first = {n: (out / "runs" / n / "result.json").stat().st_mtime_ns for n in ("trial0__seed1", "trial1__seed1")}
 
     # Trial 2 as an interruption leaves it: RUNNING in the study, seed 1 checkpointed, no result.json.
-    sw = sweep.prepare(sweep.Args(env_id=ENV, space=tuple(space), trials=4, total_timesteps=TOTAL,
-                                  train_args=TRAIN_ARGS, out=str(out), jobs=2))
-    trial = sweep.load_study(out).ask(sweep_dists(sw))  # the third enqueued trial
+    sw = sweep_setup.prepare(sweep.Args(env_id=ENV, space=tuple(dists), trials=4, total_timesteps=TOTAL,
+                                        train_args=TRAIN_ARGS, out=str(out), jobs=2))
+    trial = study.load_study(out).ask(sweep_dists(sw))  # the third enqueued trial
     assert trial.number == 2 and trial.params["learning_rate"] == 1.5e-3
     targs, given = agents.config.parse_args(sw.argv(2, 1, trial.params))
     train.run(targs, on_update=lambda u: u == 2, given=given)
@@ -366,6 +367,10 @@ def test_real_sweep_persists_resumes_prunes_and_writes_everything(tmp_path, caps
     assert best["score_tag"] == ACCURACY_TAG and best["trials"]["PRUNED"] == 1
     for name in ("summary.md", "optimization_history.png", "intermediate_values.png", "param_importances.png"):
         assert (out / name).stat().st_size > 0, name
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("trials.csv", "best.json", "preset.toml", "summary.md", "optimization_history.png"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name  # not mkstemp's 0600
     summary = (out / "summary.md").read_text()
     assert f"## Best: trial {top}" in summary and "1 pruned" in summary and "--trials 4" in summary
 
