@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from experiments.executors import RAY_MISSING, RUNNING_ELSEWHERE, Job, LocalExecutor, RayExecutor, run_jobs
+from experiments.executors import RUNNING_ELSEWHERE, Job, LocalExecutor, RayExecutor, check_executor, run_jobs
 from experiments.grid import UsageError, canonical, cores, glue_train_args, parse_thresholds, plan, train_command
 from experiments.report import build_report
 from experiments.rundata import RunData, discover
@@ -77,18 +77,6 @@ class Args:
     """--executor ray: the cluster to join (auto: the one this machine is part of; default: start a local Ray)"""
     gpus_per_run: float = 0.0
     """--executor ray with --device cuda in --train-args: GPUs (a fraction shares one) each run reserves"""
-
-
-def check_executor(args: Args) -> None:
-    if args.executor != "ray" and (args.ray_address is not None or args.gpus_per_run):
-        raise UsageError("--ray-address and --gpus-per-run need --executor ray")
-    if args.gpus_per_run < 0:
-        raise UsageError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
-    if args.executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise UsageError(RAY_MISSING) from None
 
 
 def run_grid(args: Args) -> int:

@@ -268,6 +268,20 @@ def _read_marker(path: str) -> str:
         return f"cannot read it ({e.strerror})"
 
 
+def check_executor(args) -> None:
+    """The execution flags compare.py and sweep.py share (executor, ray_address, gpus_per_run):
+    consistent, and Ray importable when asked for."""
+    if args.executor != "ray" and (args.ray_address is not None or args.gpus_per_run):
+        raise UsageError("--ray-address and --gpus-per-run need --executor ray")
+    if args.gpus_per_run < 0:
+        raise UsageError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
+    if args.executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError(RAY_MISSING) from None
+
+
 class RayExecutor(Executor):
     """Each run one Ray task (num_cpus = its torch threads; num_gpus = gpus_per_run) running
     train.py on its node. A task whose node or worker dies is retried (max_retries) and resumes

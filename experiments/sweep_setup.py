@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments.executors import RAY_MISSING
+from experiments.executors import check_executor
 from experiments.grid import (Backbone, UsageError, check_backbone_options, cores, default_threshold,
                               parse_backbone, parse_train_argv)
 from experiments.objectives import objective_value, score_curve
@@ -86,15 +86,7 @@ def prepare(args: Args, command: str = "") -> Sweep:
         raise UsageError("--seeds needs one or more different seeds")
     if args.jobs < 0 or args.poll <= 0 or args.prune_points < 2 or args.prune_startup < 0 or args.smooth < 1 or not 0 < args.final_frac <= 1:
         raise UsageError("--jobs must be >= 0, --poll > 0, --prune-points >= 2, --prune-startup >= 0, --smooth >= 1, --final-frac in (0, 1]")
-    if args.executor != "ray" and (args.ray_address is not None or args.gpus_per_run):
-        raise UsageError("--ray-address and --gpus-per-run need --executor ray")
-    if args.gpus_per_run < 0:
-        raise UsageError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
-    if args.executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise UsageError(RAY_MISSING) from None
+    check_executor(args)
     if not args.space:
         raise UsageError("--space needs one or more KEY=DIST, e.g. --space learning_rate=loguniform:1e-4:3e-3")
     try:
