@@ -32,7 +32,7 @@ class TaskArgs:
     env_id: str = "memrl/NoisyRecall-v0"
     """env id: a MiniGrid Memory id, memrl/NoisyRecall-v0, or any gymnasium id with Discrete actions ('module:EnvId' imports a package)"""
     backbone: str = "lstm"
-    """memory backbone: lstm, gru, mlp, mlstm, mlstm-orth, mru (see memory.names())"""
+    """memory backbone: lstm, gru, mlp, mlstm, mlstm-orth, mru, mingru, lru, ffm, ssm, trxl (memory.names())"""
     memory_options: tuple[str, ...] = ()
     """backbone options as key=value, e.g. num_heads=4 kind=ldu (python -c 'import memory; print(memory.describe("mru"))' lists them)"""
     hidden_size: int = 128
