@@ -48,3 +48,12 @@ def check_inputs(module: Memory, x: Tensor, reset: Tensor) -> None:
     if reset.dtype != torch.bool:
         raise ValueError(f"{type(module).__name__}: reset must be bool, got {reset.dtype}")
 
+
+def check_state(what: str, state: State, want: list[tuple[int, ...]], fields: str) -> None:
+    """Shared validation of a carried state: one ValueError naming the fields and their shapes."""
+    got = [tuple(s.shape) for s in state] if isinstance(state, tuple) else None
+    if got != want:
+        raise ValueError(
+            f"{what}: state must be ({fields}) with shapes {[list(w) for w in want]}, "
+            f"got {[list(g) for g in got] if got is not None else type(state).__name__}"
+        )

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from memory.base import Memory, State, check_inputs
+from memory.base import Memory, State, check_inputs, check_state
 from memory.ops import mlstm_chunkwise, mlstm_recurrent, mlstm_states, newton_schulz
 from memory.registry import register
 
@@ -175,12 +175,7 @@ class MLSTM(Memory):
         want = [(B, self.num_heads, self.dk, self.dv), (B, self.num_heads, self.dk), (B, self.num_heads)]
         if self.conv_kernel:
             want.append((B, self.conv_kernel - 1, self.input_size))
-        got = [tuple(s.shape) for s in state] if isinstance(state, tuple) else None
-        if got != want:
-            raise ValueError(
-                f"{'mlstm-orth' if self.orthogonal else 'mlstm'}: state must be (C, n, m{', x_hist' if self.conv_kernel else ''}) with shapes "
-                f"{[list(w) for w in want]}, got {[list(g) for g in got] if got is not None else type(state).__name__}"
-            )
+        check_state("mlstm-orth" if self.orthogonal else "mlstm", state, want, "C, n, m" + (", x_hist" if self.conv_kernel else ""))
 
     def _causal_conv(self, x: Tensor, hist: Tensor, reset: Tensor) -> tuple[Tensor, Tensor]:
         """SiLU(depthwise causal conv) of x [T, B, I] with the K-1 carried inputs hist [B, K-1, I];

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memory.base import Memory, State, check_inputs
+from memory.base import Memory, State, check_inputs, check_state
 from memory.ops import linear_scan
 from memory.registry import register
 
@@ -120,12 +120,7 @@ class SelectiveSSM(Memory):
         want = [(B, self.d_inner, self.d_state)]
         if self.conv_kernel:
             want.append((B, self.conv_kernel - 1, self.d_inner))
-        got = [tuple(s.shape) for s in state] if isinstance(state, tuple) else None
-        if got != want:
-            raise ValueError(
-                f"ssm: state must be (h{', x_hist' if self.conv_kernel else ''}) with shapes "
-                f"{[list(w) for w in want]}, got {[list(g) for g in got] if got is not None else type(state).__name__}"
-            )
+        check_state("ssm", state, want, "h" + (", x_hist" if self.conv_kernel else ""))
 
     def scan_inputs(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, ...]:
         """x [T, B, input] -> gate exp(dt A) [T, B, D, N], input (dt u~) B^T [T, B, D, N],

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from memory.base import Memory, State, check_inputs
+from memory.base import Memory, State, check_inputs, check_state
 from memory.registry import register
 
 
@@ -63,12 +63,7 @@ class TrXL(Memory):
     def _check_state(self, state: State, B: int) -> None:
         W, E = self.window, self.output_size
         want = [(B, W - 1, E), (B, W - 1, E), (B, W - 1)]
-        got = [tuple(s.shape) for s in state] if isinstance(state, tuple) else None
-        if got != want:
-            raise ValueError(
-                f"trxl: state must be (k, v, valid) with shapes {[list(w) for w in want]}, "
-                f"got {[list(g) for g in got] if got is not None else type(state).__name__}"
-            )
+        check_state("trxl", state, want, "k, v, valid")
 
     def forward(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
         check_inputs(self, x, reset)
