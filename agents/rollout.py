@@ -67,10 +67,6 @@ class EpisodeStats:
     accuracy: list[float] = field(default_factory=list)
     env_ids: list[int] = field(default_factory=list)  # which env each finished episode ran in
 
-    def clear(self) -> None:
-        for v in (self.returns, self.lengths, self.accuracy, self.env_ids):
-            v.clear()
-
 
 def _to_bool(x, device) -> Tensor:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, device=device).bool()
