@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from memory.base import Memory, State, check_inputs, check_state
-from memory.ops import mlstm_chunkwise, mlstm_recurrent, mlstm_states, newton_schulz
+from memory.ops import causal_conv, mlstm_chunkwise, mlstm_recurrent, mlstm_states, newton_schulz
 from memory.registry import register
 
 PATHS = ("auto", "recurrent", "chunkwise", "parallel")
@@ -141,7 +141,7 @@ class MLSTM(Memory):
         self.conv_kernel = conv_kernel
         if conv_kernel:
             # Depthwise causal conv over time (nn.Conv1d for its parameters and init; applied by
-            # _causal_conv, which also handles resets and the carried input history).
+            # memory.ops.causal_conv, which also handles resets and the carried input history).
             self.conv = nn.Conv1d(input_size, input_size, conv_kernel, groups=input_size)
         self.proj_qk = nn.Linear(input_size, H * 2 * dk, bias=False)  # q, k from the conv'd input
         self.proj_vz = nn.Linear(input_size, H * 2 * dv, bias=False)  # v, z from the input
@@ -176,25 +176,6 @@ class MLSTM(Memory):
         if self.conv_kernel:
             want.append((B, self.conv_kernel - 1, self.input_size))
         check_state("mlstm-orth" if self.orthogonal else "mlstm", state, want, "C, n, m" + (", x_hist" if self.conv_kernel else ""))
-
-    def _causal_conv(self, x: Tensor, hist: Tensor, reset: Tensor) -> tuple[Tensor, Tensor]:
-        """SiLU(depthwise causal conv) of x [T, B, I] with the K-1 carried inputs hist [B, K-1, I];
-        an input from before an episode's start never reaches a step of that episode. Returns the
-        conv output [T, B, I] and the new history (entries from before the last reset zeroed)."""
-        K, T = self.conv_kernel, x.shape[0]
-        xs = torch.cat([hist.transpose(0, 1), x], 0)  # [K-1+T, B, I]; xs[t + K-1] = x[t]
-        idx = torch.arange(T, device=x.device)
-        # Start of the episode step t belongs to (-K: it began before this call, all lags valid).
-        start = torch.where(reset, idx[:, None], torch.full_like(idx[:, None], -K)).cummax(0).values  # [T, B]
-        since = (idx[:, None] - start).unsqueeze(-1)  # [T, B, 1] steps since the episode start
-        w = self.conv.weight[:, 0]  # [I, K]; Conv1d cross-correlation: w[:, K-1] weights x[t]
-        out = self.conv.bias + xs[K - 1 :] * w[:, K - 1]
-        for lag in range(1, K):
-            out = out + xs[K - 1 - lag : K - 1 - lag + T] * (since >= lag).to(x.dtype) * w[:, K - 1 - lag]
-        # History for the next call: x[T-K+1 .. T-1], zeroed where before the last episode start.
-        tau = torch.arange(T - K + 1, T, device=x.device)[:, None]  # [K-1, 1]
-        new_hist = xs[T:] * (tau >= start[-1]).unsqueeze(-1).to(x.dtype)  # [K-1, B, I]
-        return F.silu(out), new_hist.transpose(0, 1)
 
     def _cell_inputs(self, x: Tensor, x_qk: Tensor) -> tuple[Tensor, ...]:
         """x, x_qk (x after the conv) [T, B, I] -> q, k [B, H, T, dk] (q scaled), v [B, H, T, dv],
@@ -272,7 +253,8 @@ class MLSTM(Memory):
         """The cell inputs (after the causal conv, when on) and the new conv history (or None)."""
         if not self.conv_kernel:
             return (*self._cell_inputs(x, x), None)
-        x_qk, hist = self._causal_conv(x, state[3], reset)
+        x_qk, hist = causal_conv(x, state[3], reset, self.conv.weight[:, 0], self.conv.bias)
+        x_qk = F.silu(x_qk)
         return (*self._cell_inputs(x, x_qk), hist)
 
     @torch.no_grad()

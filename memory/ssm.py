@@ -50,27 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memory.base import Memory, State, check_inputs, check_state
-from memory.ops import linear_scan
+from memory.ops import causal_conv, linear_scan
 from memory.registry import register
-
-
-def causal_conv(u: Tensor, hist: Tensor, reset: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    """Depthwise causal conv of u [T, B, D] with the K-1 carried inputs hist [B, K-1, D]; weight
-    [D, K] (weight[:, K-1] multiplies the current step), bias [D]. A lag reaching before the
-    episode's first step contributes nothing. Returns out [T, B, D] and the new history
-    (the last K-1 inputs, zeroed where they precede the last episode start)."""
-    K, T = weight.shape[1], u.shape[0]
-    us = torch.cat([hist.transpose(0, 1), u], 0)  # [K-1+T, B, D]; us[t + K-1] = u[t]
-    idx = torch.arange(T, device=u.device)
-    # First step of the episode step t belongs to (-K: it started before this call).
-    start = torch.where(reset, idx[:, None], torch.full_like(idx[:, None], -K)).cummax(0).values  # [T, B]
-    since = (idx[:, None] - start).unsqueeze(-1)  # [T, B, 1]
-    out = bias + us[K - 1 :] * weight[:, K - 1]
-    for lag in range(1, K):
-        out = out + us[K - 1 - lag : K - 1 - lag + T] * (since >= lag).to(u.dtype) * weight[:, K - 1 - lag]
-    tau = torch.arange(T - K + 1, T, device=u.device)[:, None]  # [K-1, 1] positions of the kept inputs
-    new_hist = us[T:] * (tau >= start[-1]).unsqueeze(-1).to(u.dtype)  # [K-1, B, D]
-    return out, new_hist.transpose(0, 1)
 
 
 # Initial step sizes and B/C scale: see the module docstring (Mamba: 1e-3, 0.1 and 1).

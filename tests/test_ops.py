@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memory.ops import (
+    causal_conv,
+    causal_conv_ref,
     gru_layer,
     gru_layer_ref,
     linear_scan,
@@ -299,6 +301,52 @@ def test_log_linear_scan_errors():
         log_linear_scan(torch.zeros(T, B, 1), lb.to(torch.complex64), r)
     with pytest.raises(ValueError, match="method must be one of"):
         log_linear_scan(torch.zeros(T, B, 1), lb, r, method="cumsum")
+
+
+# ----------------------------------------------------------------------------------- causal_conv
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 9), B=st.integers(1, 3), D=st.integers(1, 4), K=st.integers(2, 5),
+    reset_kind=RESETS, split=st.integers(0, 9), seed=st.integers(0, 2**16),
+)
+def test_causal_conv_matches_reference_whole_and_in_chunks(T, B, D, K, reset_kind, split, seed):
+    """Values and gradients equal the step-by-step window; two calls carrying the history equal one."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(T, B, D, generator=g, dtype=torch.float64, requires_grad=True)
+    hist = torch.randn(B, K - 1, D, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(D, K, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(D, generator=g, dtype=torch.float64, requires_grad=True)
+    reset = _reset(reset_kind, T, B, g)
+    out, new_hist = causal_conv(u, hist, reset, w, b)
+    ref, ref_hist = causal_conv_ref(u, hist, reset, w, b)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(new_hist, ref_hist)
+    wo, wh = torch.randn_like(out), torch.randn_like(new_hist)
+    loss, loss_ref = (out * wo).sum() + (new_hist * wh).sum(), (ref * wo).sum() + (ref_hist * wh).sum()
+    for a, r in zip(torch.autograd.grad(loss, [u, hist, w, b]), torch.autograd.grad(loss_ref, [u, hist, w, b])):
+        torch.testing.assert_close(a, r)
+    if T < 2:
+        return
+    s = 1 + split % (T - 1)  # both chunks non-empty
+    o1, h1 = causal_conv(u[:s], hist, reset[:s], w, b)
+    o2, h2 = causal_conv(u[s:], h1, reset[s:], w, b)
+    torch.testing.assert_close(torch.cat([o1, o2]), out)
+    torch.testing.assert_close(h2, new_hist)
+
+
+def test_causal_conv_by_hand():
+    """K = 3, weights (1, 10, 100) on lags (2, 1, 0): an episode start at t = 2 cuts the lags."""
+    u = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1)
+    hist = torch.tensor([5.0, 6.0]).view(1, 2, 1)  # the two inputs before this call, oldest first
+    reset = torch.tensor([False, False, True, False]).view(4, 1)
+    w, b = torch.tensor([[1.0, 10.0, 100.0]]), torch.zeros(1)
+    out, new_hist = causal_conv(u, hist, reset, w, b)
+    assert out.flatten().tolist() == [100 + 60 + 5, 200 + 10 + 6, 300, 400 + 30]
+    assert new_hist.flatten().tolist() == [3.0, 4.0]
+    _, h = causal_conv(u[:3], hist, reset[:3], w, b)
+    assert h.flatten().tolist() == [0.0, 3.0]  # input 2 precedes the start at t = 2: zeroed
 
 
 # ----------------------------------------------------------------------------------- matrix_scan

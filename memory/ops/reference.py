@@ -19,6 +19,19 @@ def _batch_mask(reset_t: Tensor, ndim: int) -> Tensor:
     return reset_t.view(reset_t.shape[0], *([1] * (ndim - 1)))
 
 
+def causal_conv_ref(u: Tensor, hist: Tensor, reset: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """``causal_conv`` one step at a time: a window of the last K inputs, emptied at each reset."""
+    K = weight.shape[1]
+    window = list(hist.unbind(1))  # K-1 tensors [B, D], oldest first
+    outs = []
+    for u_t, r_t in zip(u.unbind(0), reset.unbind(0)):
+        keep = (~r_t).to(u.dtype)[:, None]
+        window = [w * keep for w in window] + [u_t]
+        outs.append(bias + sum(w * weight[:, j] for j, w in enumerate(window)))
+        window = window[1:]
+    return torch.stack(outs), torch.stack(window, 1) if K > 1 else hist
+
+
 def linear_scan_ref(gate: Tensor, x: Tensor, reset: Tensor, state0: Tensor | None = None) -> Tensor:
     """h[t] = gate[t] * (0 if reset[t] else h[t-1]) + x[t]; h[-1] = state0 (zeros if None).
 
