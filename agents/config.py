@@ -183,6 +183,10 @@ def apply_preset(args: Args, given: set[str]) -> Args:
             return dataclasses.replace(args, preset_applied=None)
         raise UsageError(f"preset {path} has no table for backbone {args.backbone!r}; it has: {', '.join(sorted(tables)) or '(none)'}")
     fields = {f.name: f for f in dataclasses.fields(Args)}
+    task_keys = sorted(k for k in table if k.replace("-", "_") in _NOISY_RECALL_FIELDS)
+    if task_keys and not is_noisy_recall(args.env_id):
+        raise UsageError(f"preset {path} [{args.backbone}] sets {task_keys[0]!r}, a NoisyRecall setting, but --env-id is "
+                         f"{args.env_id}; use this preset with --env-id {_noisy_recall_id()}")
     values = {}
     for key, value in table.items():
         name = key.replace("-", "_")
@@ -339,6 +343,15 @@ def is_noisy_recall(env_id: str) -> bool:
     import envs
 
     return env_id.split(":")[-1] == envs.NOISY_RECALL_ID
+
+
+_NOISY_RECALL_FIELDS = {"vocab_size", "noise_vocab_size", "seq_len", "frac_noise"}
+
+
+def _noisy_recall_id() -> str:
+    import envs
+
+    return envs.NOISY_RECALL_ID
 
 
 def _noisy_recall_kwargs(args: Args) -> dict[str, Any]:

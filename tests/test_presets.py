@@ -23,8 +23,9 @@ def test_shipped_presets_load_for_every_table():
     files = sorted(PRESETS_DIR.glob("*.toml"))
     assert files, "presets/ ships at least one file"
     for f in files:
+        env_id = f.stem if f.stem.startswith("MiniGrid") else "memrl/NoisyRecall-v0"  # NoisyRecall-*: named presets
         for backbone in tomllib.loads(f.read_text()):
-            args = apply_preset(Args(env_id="MiniGrid-MemoryS9-v0", backbone=backbone, preset=f.stem), set())
+            args = apply_preset(Args(env_id=env_id, backbone=backbone, preset=f.stem), set())
             assert args.preset_applied.startswith(f"presets/{f.name} [{backbone}]")
 
 
@@ -91,6 +92,18 @@ def test_bad_presets_are_one_line_exit_2(tmp_path, capsys, text, argv, match):
     assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert __import__("re").search(match, err[0]), err[0]
     assert not runs.exists()
+
+
+def test_a_noisy_recall_preset_on_another_env_is_refused(tmp_path, capsys):
+    p = tmp_path / "nr.toml"
+    p.write_text("[lstm]\nlearning_rate = 2e-3\nseq_len = 64\n")
+    runs = tmp_path / "runs"
+    code = train.main([*TINY, "--runs-dir", str(runs), "--env-id", "MiniGrid-MemoryS7-v0", "--preset", str(p)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and not runs.exists(), err
+    assert "sets 'seq_len', a NoisyRecall setting, but --env-id is MiniGrid-MemoryS7-v0; use this preset with --env-id memrl/NoisyRecall-v0" in err[0]
+    args, _ = parse_args(["--preset", str(p), "--seq-len", "16"])  # on NoisyRecall: applies, the flag still wins
+    assert args.seq_len == 16 and args.learning_rate == 2e-3
 
 
 def test_resume_keeps_the_runs_own_values(tmp_path):
