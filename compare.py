@@ -55,8 +55,10 @@ class Args:
     """any other train.py flags for every run, as one quoted string: --train-args "--num-envs 8 --seq-len 64" (python train.py --help lists them)"""
     out: str = "compare_out"
     """output directory: runs/, logs/, results.csv, summary.md, curves_*.png"""
+    threads_per_run: int = 1
+    """torch threads per run (train.py's --torch-threads; a Ray task reserves as many CPUs); 0: share the cores, max(1, cores // jobs). 1 by default: small recurrent models train fastest on one thread each (docs/sweeps.md)"""
     jobs: int = 0
-    """runs trained at once, each a train.py process with max(1, cores // jobs) torch threads; 0: one per core (with --executor ray: as many as the cluster's CPUs hold, 1 thread each)"""
+    """runs trained at once (each a train.py process with --threads-per-run torch threads); 0: one per core (with --executor ray: as many as the cluster's CPUs hold)"""
     threshold: tuple[str, ...] = ()
     """steps-to-threshold levels as ENV=VALUE (or one VALUE for every env); defaults: MiniGrid 0.9 return, NoisyRecall 0.5 accuracy, other envs none"""
     report_only: bool = False

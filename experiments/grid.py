@@ -20,7 +20,7 @@ TRAIN_PY = ROOT / "train.py"
 OWN_FLAGS = {
     "--env-id": "--env-ids", "--backbone": "--backbones", "--seed": "--seeds",
     "--total-timesteps": "--total-timesteps", "--runs-dir": "--out", "--run-name": "(derived)",
-    "--resume": "(automatic)", "--torch-threads": "--jobs", "--memory-options": "--backbones NAME:key=value,...",
+    "--resume": "(automatic)", "--torch-threads": "--threads-per-run", "--memory-options": "--backbones NAME:key=value,...",
 }
 # Config keys that may differ between the grid's intent and an existing run without making it a
 # different experiment (where it lives, how many threads it used, whether it drew a progress bar,
@@ -129,6 +129,13 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def threads_per_run(threads: int, jobs: int) -> int:
+    """--threads-per-run resolved: as given, or (0) the cores shared among --jobs runs."""
+    if threads < 0:
+        raise UsageError(f"--threads-per-run must be >= 0 (0: cores // jobs), got {threads}")
+    return threads or max(1, cores() // (jobs or cores()))
+
+
 def parse_train_args(text: str) -> list[str]:
     try:
         tokens = shlex.split(text)
@@ -206,8 +213,7 @@ def plan(args, remote_device: bool = False) -> tuple[list[Run], int]:
             raise UsageError(f"{what} has duplicates: {' '.join(map(str, values))}")
     backbones = [parse_backbone(b) for b in args.backbones]
     extra = parse_train_args(args.train_args)
-    jobs = args.jobs or cores()
-    threads = max(1, cores() // jobs)
+    threads = threads_per_run(args.threads_per_run, args.jobs)
     runs_dir = Path(args.out) / "runs"
 
     runs: list[Run] = []

@@ -102,8 +102,10 @@ class Args:
     """trials to run first with these params, one per entry as key=value,key=value (e.g. the current defaults as a baseline); ones the study already holds are skipped"""
     sampler_seed: int = 0
     """seed of the TPE sampler"""
+    threads_per_run: int = 1
+    """torch threads per run (train.py's --torch-threads; a Ray task reserves as many CPUs); 0: share the cores, max(1, cores // jobs). 1 by default: small recurrent models train fastest on one thread each (docs/sweeps.md)"""
     jobs: int = 0
-    """runs trained at once, each with max(1, cores // jobs) torch threads; 0: one per core (with --executor ray: as many as the cluster's CPUs hold)"""
+    """runs trained at once (each a train.py process with --threads-per-run torch threads); 0: one per core (with --executor ray: as many as the cluster's CPUs hold)"""
     executor: Literal["local", "ray"] = "local"
     """where runs train: local processes, or Ray tasks on a cluster (pip install -e ".[ray]")"""
     ray_address: str | None = None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from experiments.executors import check_executor
-from experiments.grid import (Backbone, UsageError, check_backbone_options, cores, default_threshold,
+from experiments.grid import (Backbone, UsageError, check_backbone_options, default_threshold, threads_per_run,
                               parse_backbone, parse_train_argv)
 from experiments.objectives import objective_value, score_curve
 from experiments.space import Param, fixed_fields, fixed_train_args, parse_enqueue, parse_param
@@ -102,8 +102,7 @@ def prepare(args: Args, command: str = "") -> Sweep:
     if both:
         raise UsageError(f"--space {both[0]} is also fixed in --train-args; give it in one place")
 
-    jobs = args.jobs or cores()
-    threads = max(1, cores() // jobs)
+    threads = threads_per_run(args.threads_per_run, args.jobs)
     sw = Sweep(args, Path(args.out), backbone, params, train_args, threads, None, [], {}, command)
     base = parse_train_argv(sw.argv(0, args.seeds[0], {}))
     try:

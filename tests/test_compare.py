@@ -338,6 +338,8 @@ def test_interrupted_grid_resumes_only_what_is_missing(resumed):
     (["--backbones", "mru:kind=nope"], r"^error: --backbones 'mru:kind=nope': unknown MRU kind 'nope'; choose one of: .*ldu"),
     (["--backbones", "lstm", "mlstm:num_heads=3"], r"^error: --backbones 'mlstm:num_heads=3': .*not divisible by num_heads 3"),
     (["--train-args=--learning-rate -1"], r"^error: --learning-rate must be > 0"),
+    (["--threads-per-run", "-1"], r"^error: --threads-per-run must be >= 0 \(0: cores // jobs\), got -1"),
+    (["--train-args=--torch-threads 2"], r"^error: --train-args must not contain --torch-threads: .*--threads-per-run"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, match):
     import re
@@ -347,6 +349,19 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, match):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and re.search(match, err[0]), err
     assert not out.exists()
+
+
+def test_threads_per_run(tmp_path, capsys, monkeypatch):
+    """One torch thread per run unless --threads-per-run says otherwise; 0 shares the cores among --jobs."""
+    import experiments.grid
+
+    monkeypatch.setattr(experiments.grid, "cores", lambda: 4)
+    for extra, threads in (([], 1), (["--threads-per-run", "3"], 3), (["--threads-per-run", "0"], 4),
+                           (["--threads-per-run", "0", "--jobs", "2"], 2)):
+        argv = ["--env-ids", ENV, "--backbones", "lstm", "--seeds", "1", "--out", str(tmp_path / "o"), "--dry-run"]
+        assert compare.main([*argv, "--jobs", "1", *extra] if "--jobs" not in extra else [*argv, *extra]) == 0
+        out, err = capsys.readouterr()
+        assert f"--torch-threads {threads}\n" in out and f"{threads} torch thread(s) each" in err, (extra, out, err)
 
 
 def test_resumed_noisy_recall_accuracy_stays_a_fraction(resumed):

@@ -147,6 +147,7 @@ def set_flag(argv: list[str], flag: str, *values: str) -> list[str]:
     ({"--enqueue": ["learning_rate=1.0"]}, "outside --space learning_rate"),
     ({"--enqueue": ["gamma=0.9"]}, "KEY in --space"),
     ({"--ray-address": ["auto"]}, "need --executor ray"),
+    ({"--threads-per-run": ["-2"]}, "--threads-per-run must be >= 0 (0: cores // jobs), got -2"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, change, message):
     argv = base_argv(tmp_path / "out")
