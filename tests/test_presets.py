@@ -136,3 +136,14 @@ def test_compare_accepts_runs_made_before_presets_and_refuses_a_preset_mix(tmp_p
     check_config(run_with([*S9, "--preset", "none"], old_s9))
     with pytest.raises(UsageError, match="setting.s. differ"):
         check_config(run_with(S9, old_s9))  # the lstm preset changes head_size, epochs, encoder
+
+
+@pytest.mark.parametrize("name,task", [("NoisyRecall-quick", (8, 2, 32)), ("NoisyRecall-MAD", (32, 16, 128))])
+def test_named_noisy_recall_presets_set_their_task_in_every_table(name, task):
+    import tomllib
+
+    for backbone in tomllib.loads((PRESETS_DIR / f"{name}.toml").read_text()):
+        args, _ = parse_args(["--backbone", backbone, "--preset", name])
+        assert (args.vocab_size, args.noise_vocab_size, args.seq_len) == task, backbone
+    args, _ = parse_args(["--backbone", "mlstm-orth", "--preset", name, "--seq-len", "64"])
+    assert args.seq_len == 64  # a flag still wins
