@@ -34,7 +34,8 @@ def test_auto_preset_applies_and_flags_win(tmp_path, capsys):
     cfg = _config(tmp_path, "auto")
     assert cfg["update_epochs"] == 8 and cfg["obs_encoder"] == "cells"  # from the preset
     assert cfg["head_size"] == 16  # the flag wins over the preset's 128
-    assert cfg["preset_applied"] == "presets/MiniGrid-MemoryS9-v0.toml [lstm]: update_epochs, obs_encoder"
+    assert cfg["preset_applied"] == "presets/MiniGrid-MemoryS9-v0.toml [lstm]: update_epochs, obs_encoder, learning_rate"
+    assert cfg["learning_rate"] == 2e-3
     err = capsys.readouterr().err
     assert err.startswith("preset presets/MiniGrid-MemoryS9-v0.toml [lstm]")
 
