@@ -185,8 +185,10 @@ def apply_preset(args: Args, given: set[str]) -> Args:
     fields = {f.name: f for f in dataclasses.fields(Args)}
     task_keys = sorted(k for k in table if k.replace("-", "_") in _NOISY_RECALL_FIELDS)
     if task_keys and not is_noisy_recall(args.env_id):
+        import envs
+
         raise UsageError(f"preset {path} [{args.backbone}] sets {task_keys[0]!r}, a NoisyRecall setting, but --env-id is "
-                         f"{args.env_id}; use this preset with --env-id {_noisy_recall_id()}")
+                         f"{args.env_id}; use this preset with --env-id {envs.NOISY_RECALL_ID}")
     values = {}
     for key, value in table.items():
         name = key.replace("-", "_")
@@ -346,12 +348,6 @@ def is_noisy_recall(env_id: str) -> bool:
 
 
 _NOISY_RECALL_FIELDS = {"vocab_size", "noise_vocab_size", "seq_len", "frac_noise"}
-
-
-def _noisy_recall_id() -> str:
-    import envs
-
-    return envs.NOISY_RECALL_ID
 
 
 def _noisy_recall_kwargs(args: Args) -> dict[str, Any]:
