@@ -356,10 +356,10 @@ def test_threads_per_run(tmp_path, capsys, monkeypatch):
     import experiments.grid
 
     monkeypatch.setattr(experiments.grid, "cores", lambda: 4)
-    for extra, threads in (([], 1), (["--threads-per-run", "3"], 3), (["--threads-per-run", "0"], 4),
-                           (["--threads-per-run", "0", "--jobs", "2"], 2)):
+    for extra, threads in ((["--jobs", "1"], 1), (["--jobs", "1", "--threads-per-run", "3"], 3),
+                           (["--jobs", "1", "--threads-per-run", "0"], 4), (["--jobs", "2", "--threads-per-run", "0"], 2)):
         argv = ["--env-ids", ENV, "--backbones", "lstm", "--seeds", "1", "--out", str(tmp_path / "o"), "--dry-run"]
-        assert compare.main([*argv, "--jobs", "1", *extra] if "--jobs" not in extra else [*argv, *extra]) == 0
+        assert compare.main([*argv, *extra]) == 0
         out, err = capsys.readouterr()
         assert f"--torch-threads {threads}\n" in out and f"{threads} torch thread(s) each" in err, (extra, out, err)
 
