@@ -9,7 +9,8 @@
 Writes runs/<env>__<backbone>__<seed>__<time>/: TensorBoard events (CleanRL's tags), config.json,
 checkpoint.pt (atomic, every --checkpoint-every updates, at the end and on SIGINT/SIGTERM) and
 result.json when the run finishes. ``train()`` reads top to bottom in the order it runs, as
-CleanRL's scripts do; the flags, their checks and the builders live in agents/config.py.
+CleanRL's scripts do; the flags and their checks live in agents/config.py, presets in
+agents/presets.py, the builders in agents/build.py and agents/collectors.py.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from agents.config import (  # noqa: F401  (re-exported: train.Args and friends are the public names)
-    Args, UsageError, apply_preset, given_fields, make_agent, make_collector, make_env,
-    make_optimizer, resolve_device, run_dir_name, tune_malloc, validate,
-)
+# Re-exported: train.Args and friends are the public names.
+from agents.build import make_agent, make_env, make_normalizer, make_optimizer, resolve_device, tune_malloc  # noqa: F401
+from agents.collectors import make_collector
+from agents.rollout import normalizer_state
+from agents.config import Args, UsageError, given_fields, run_dir_name, validate
+from agents.presets import apply_preset
 
 
 @dataclass
@@ -87,11 +90,12 @@ def run(args: Args, on_update: Callable[[int], bool] | None = None, given: set[s
     try:
         env = make_env(args, args.num_envs, device)
         agent = make_agent(args, env, checked.memory_options).to(device)
+        make_normalizer(args, env, device)  # its checks here, before a rollout worker builds its own
     except ValueError as e:
         raise UsageError(str(e)) from None
     optimizer = make_optimizer(args, agent)
     collector = make_collector(args, agent, env, checked.bptt_len, device)
-    is_minigrid = envs.is_minigrid(args.env_id)
+    success = envs.suite_of(args.env_id).success  # a return that counts as solved (MiniGrid: > 0)
     batch_size = args.num_envs * args.num_steps
     num_updates = max(1, args.total_timesteps // batch_size)
     update, global_step, elapsed0 = 0, 0, 0.0
@@ -121,14 +125,16 @@ def run(args: Args, on_update: Callable[[int], bool] | None = None, given: set[s
         writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     saved_update = res.ckpt["update"] if res is not None else None
+    source_state: dict = {}  # the rollout source's state at the last checkpoint
 
     def save_checkpoint() -> None:
-        nonlocal saved_update
+        nonlocal saved_update, source_state
+        source_state = collector.state_dict()  # collector, env, async: the rollout source's state
         ckpt_io.save(run_dir / "checkpoint.pt", {
             "args": dataclasses.asdict(args), "update": update, "global_step": global_step,
             "elapsed": elapsed0 + time.time() - start_time,
             "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "rng": ckpt_io.rng_state(),
-            **collector.state_dict(),  # collector, env, async: the rollout source's state
+            **source_state,
         })
         saved_update = update
 
@@ -168,8 +174,8 @@ def run(args: Args, on_update: Callable[[int], bool] | None = None, given: set[s
             if st.returns:
                 writer.add_scalar("charts/episodic_return", float(np.mean(st.returns)), global_step)
                 writer.add_scalar("charts/episodic_length", float(np.mean(st.lengths)), global_step)
-                if is_minigrid:  # reward > 0 only when the goal was reached
-                    writer.add_scalar("charts/success_rate", float(np.mean(np.array(st.returns) > 0)), global_step)
+                if success is not None:
+                    writer.add_scalar("charts/success_rate", float(np.mean([success(r) for r in st.returns])), global_step)
                 recent = (recent + st.returns)[-100:]
             if st.accuracy:
                 writer.add_scalar("charts/accuracy", float(np.mean(st.accuracy)), global_step)
@@ -205,20 +211,25 @@ def run(args: Args, on_update: Callable[[int], bool] | None = None, given: set[s
         "final_return": float(np.mean(recent)) if recent else None,
     }
     if args.eval_episodes:
-        result.update(evaluate(args, agent, device, writer, global_step))
+        result.update(evaluate(args, agent, device, writer, global_step, normalizer_state(source_state)))
     writer.close()
     runs.write_json(run_dir / "result.json", result)
     return Outcome(run_dir)
 
 
-def evaluate(args: Args, agent, device: torch.device, writer, global_step: int) -> dict:
-    """Greedy policy, one episode per env on fresh envs (seeds disjoint from training's)."""
+def evaluate(args: Args, agent, device: torch.device, writer, global_step: int, norm_state: dict | None = None) -> dict:
+    """Greedy policy, one episode per env on fresh envs (seeds disjoint from training's); with
+    --norm-obs, observations normalized by the training statistics ``norm_state``, frozen."""
     from agents.rollout import RolloutCollector
 
     n = args.eval_episodes
     env = make_env(args, n, device)
     steps = min(args.num_steps, 256)
-    collector = RolloutCollector(env, agent, steps, steps, device, seed=args.seed + 1_000_000)
+    norm = make_normalizer(args, env, device)
+    if norm is not None:
+        norm.load_state_dict(norm_state)
+        norm = norm.frozen_obs()
+    collector = RolloutCollector(env, agent, steps, steps, device, seed=args.seed + 1_000_000, normalizer=norm)
     first: dict[int, tuple[float, float | None]] = {}
     agent.eval()
     for _ in range(10_000):

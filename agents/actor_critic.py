@@ -1,4 +1,6 @@
-"""The actor-critic: observation encoder -> memory backbone -> policy and value heads."""
+"""The actor-critic: observation encoder -> memory backbone -> policy and value heads, and the
+policy's action distribution (agents.distributions), which it owns as CleanRL's Agent owns its
+Categorical: rollouts and the PPO loss go through ``agent.dist`` and assume no action space."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from agents.distributions import ActionDistribution, make_distribution
 from agents.encoders import make_encoder
 from agents.nested import tree_map
 from memory import Memory, State
@@ -20,7 +23,11 @@ def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> 
 
 
 class ActorCritic(nn.Module):
-    """Encoder -> Linear+ReLU -> memory -> [Linear+ReLU head] -> (policy logits, value).
+    """Encoder -> Linear+ReLU -> memory -> [Linear+ReLU head] -> (policy parameters, value).
+
+    ``action_space`` is a gymnasium space (Discrete, MultiDiscrete or Box; an int n means
+    Discrete(n)); ``self.dist`` is its distribution, and the actor's output layer is as wide as
+    that distribution's parameters (logits, or a Gaussian's mean).
 
     head_size > 0 puts one hidden layer (shared by policy and value) after the memory. Tasks
     that compare what is remembered with what is seen now (MiniGrid Memory: "is the object in
@@ -40,7 +47,7 @@ class ActorCritic(nn.Module):
     update recomputes exactly what acting computed."""
 
     def __init__(
-        self, obs_space: spaces.Space, num_actions: int, memory: Memory, head_size: int = 0,
+        self, obs_space: spaces.Space, action_space: spaces.Space | int, memory: Memory, head_size: int = 0,
         branch_size: int = 0, relu_memory: bool = False, actor_init_gain: float = 0.01,
         obs_encoder: str = "onehot",
     ):
@@ -51,6 +58,9 @@ class ActorCritic(nn.Module):
             raise ValueError(f"branch size must be >= 0 (0: no branch layers), got {branch_size}")
         if not actor_init_gain > 0:
             raise ValueError(f"actor init gain must be > 0, got {actor_init_gain}")
+        if isinstance(action_space, int):
+            action_space = spaces.Discrete(action_space)
+        dist = make_distribution(action_space)
         self.encoder = make_encoder(obs_space, obs_encoder)
         self.embed = nn.Sequential(layer_init(nn.Linear(self.encoder.size, memory.input_size)), nn.ReLU())
         self.memory = memory
@@ -61,8 +71,9 @@ class ActorCritic(nn.Module):
             self.head = nn.Identity()
             width = memory.output_size
         self.relu_memory = relu_memory
-        self.actor = _branch(width, branch_size, num_actions, actor_init_gain)
+        self.actor = _branch(width, branch_size, dist.param_size, actor_init_gain)
         self.critic = _branch(width, branch_size, 1, 1.0)
+        self.dist: ActionDistribution = dist
 
     def initial_state(self, batch_size: int, device=None) -> State:
         return self.memory.initial_state(batch_size, device)
@@ -72,7 +83,7 @@ class ActorCritic(nn.Module):
         return self.embed(self.encoder(flat)).view(*lead, -1)
 
     def forward_sequence(self, obs, state: State, reset: Tensor) -> tuple[Tensor, Tensor, State]:
-        """obs [T, B, ...], reset bool [T, B] -> logits [T, B, A], value [T, B], final state."""
+        """obs [T, B, ...], reset bool [T, B] -> policy parameters [T, B, P], value [T, B], final state."""
         T, B = reset.shape
         y, state = self.memory(self._features(obs, (T, B)), state, reset)
         y = self.head_features(y)
@@ -83,9 +94,9 @@ class ActorCritic(nn.Module):
         return self.head(torch.relu(y) if self.relu_memory else y)
 
     def step(self, obs, state: State, reset: Tensor) -> tuple[Tensor, Tensor, State]:
-        """obs [B, ...], reset bool [B] -> logits [B, A], value [B], next state."""
-        logits, value, state = self.forward_sequence(_unsqueeze_obs(obs), state, reset.unsqueeze(0))
-        return logits[0], value[0], state
+        """obs [B, ...], reset bool [B] -> policy parameters [B, P], value [B], next state."""
+        params, value, state = self.forward_sequence(_unsqueeze_obs(obs), state, reset.unsqueeze(0))
+        return params[0], value[0], state
 
 
 def _branch(width: int, branch_size: int, out: int, gain: float) -> nn.Module:

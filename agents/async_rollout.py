@@ -33,7 +33,8 @@ def _worker(conn, args_dict: dict, bptt_len: int) -> None:
     try:
         import numpy as np
 
-        from agents.config import Args, make_agent, make_env, tune_malloc
+        from agents.build import make_agent, make_env, make_normalizer, tune_malloc
+        from agents.config import Args
         from agents.rollout import RolloutCollector
 
         args = Args(**args_dict)
@@ -44,7 +45,8 @@ def _worker(conn, args_dict: dict, bptt_len: int) -> None:
         cpu = torch.device("cpu")
         env = make_env(args, args.num_envs, cpu)
         agent = make_agent(args, env).eval()
-        collector = RolloutCollector(env, agent, args.num_steps, bptt_len, cpu, seed=args.seed)
+        collector = RolloutCollector(env, agent, args.num_steps, bptt_len, cpu, seed=args.seed,
+                                     normalizer=make_normalizer(args, env, cpu))
         conn.send(("ready", None))
         while True:
             cmd, payload = conn.recv()

@@ -1,10 +1,11 @@
-"""A run's configuration and the builders that turn it into envs, an agent and an optimizer.
+"""A run's configuration: train.py's flags and the checks made before anything is built.
 
 ``Args`` is train.py's command line (tyro: one flag per field, the field's docstring as its help),
 grouped by what each setting is about; the groups are base classes, so the flags and config.json
 stay flat (``--learning-rate``, not ``--ppo.learning-rate``). ``validate`` holds every check that
-can be made before anything is built or written; the builders (``make_env``, ``make_agent``,
-``make_optimizer``, ``make_collector``) are what train.py, the rollout worker and compare.py share.
+can be made before anything is built or written. The rest of a run's set-up lives beside it:
+agents.presets (preset files, and ``parse_args``: the flags, then the preset), agents.build (envs,
+agent, optimizer) and agents.collectors (the rollout source).
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from __future__ import annotations
 import ast
 import math
 import time
-import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
@@ -30,7 +29,7 @@ class UsageError(Exception):
 @dataclass
 class TaskArgs:
     env_id: str = "memrl/NoisyRecall-v0"
-    """env id: a MiniGrid Memory id, memrl/NoisyRecall-v0, or any gymnasium id with Discrete actions ('module:EnvId' imports a package)"""
+    """env id: a MiniGrid Memory id, memrl/NoisyRecall-v0, a POPGym id (popgym-RepeatFirstEasy-v0; pip install -e ".[popgym]"), or any gymnasium id with Discrete, MultiDiscrete or Box actions ('module:EnvId' imports a package)"""
     backbone: str = "lstm"
     """memory backbone: lstm, gru, mlp, mlstm, mlstm-orth, mru, mingru, lru, ffm, ssm, trxl (memory.names())"""
     memory_options: tuple[str, ...] = ()
@@ -77,6 +76,10 @@ class EnvArgs:
     """NoisyRecall only: probability that a slot is a noise pair"""
     env_kwargs: tuple[str, ...] = ()
     """extra keyword arguments for the env's constructor as key=value (values parsed as Python literals); every env takes them"""
+    norm_obs: bool = False
+    """normalize Box observations by a running mean and variance, clipped to [-10, 10] (CleanRL's continuous-action PPO); the statistics are checkpointed"""
+    norm_reward: bool = False
+    """scale rewards by the running std of the discounted return, clipped to [-10, 10] (CleanRL's continuous-action PPO); logged returns stay raw"""
 
 
 @dataclass
@@ -113,134 +116,6 @@ RUNTIME_FIELDS = ("torch_threads", "progress", "checkpoint_every")
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def parse_args(argv: list[str]) -> tuple[Args, set[str]]:
-    """train.py's command line: the flags (tyro), then the preset for fields they left alone.
-    Returns the resolved Args and the fields the command line set."""
-    args = tyro.cli(Args, args=argv, description=Args.__doc__)
-    given = given_fields(args, argv)
-    return (args if args.resume is not None else apply_preset(args, given)), given
-
-
-# ----------------------------------------------------------------------------- presets
-
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
-# Fields a preset may not set: what the run is (env, backbone), where it lives, how it resumes.
-_NOT_IN_PRESETS = {"env_id", "backbone", "preset", "preset_applied", "resume", "runs_dir", "run_name"}
-
-
-def env_label(env_id: str) -> str:
-    """An env id as a file name: memrl/NoisyRecall-v0 -> memrl-NoisyRecall-v0."""
-    return env_id.replace("/", "-").replace(":", "-")
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
-
-
-def _read_preset(path: Path) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read preset {path} ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"preset {path} is not valid TOML ({e})") from None
-
-
-def apply_preset(args: Args, given: set[str]) -> Args:
-    """Args with the preset's values for every field the command line did not set. A preset file
-    (TOML) holds one table per backbone, e.g. ``[lstm]`` with ``update_epochs = 8``; the auto preset
-    of an env is presets/<env label>.toml. Unknown names, files, fields or values are UsageErrors."""
-    import dataclasses
-
-    spec = args.preset
-    if args.preset_applied is not None:  # resolved already (compare.py plans with it, then trains)
-        return args
-    if spec == "none":
-        return dataclasses.replace(args, preset_applied=None)
-    if spec == "auto":
-        path = PRESETS_DIR / f"{env_label(args.env_id)}.toml"
-        if not path.is_file():
-            return dataclasses.replace(args, preset_applied=None)
-    elif spec.endswith(".toml") or "/" in spec:
-        path = Path(spec)
-        if not path.is_file():
-            raise UsageError(f"no preset file {spec}")
-    else:
-        path = PRESETS_DIR / f"{spec}.toml"
-        if not path.is_file():
-            raise UsageError(f"unknown preset {spec!r}; choose none, auto, a path to a .toml file, or one of: {', '.join(preset_names())}")
-    tables = _read_preset(path)
-    table = tables.get(args.backbone)
-    if table is None:
-        if spec == "auto":  # the env has presets, not for this backbone
-            return dataclasses.replace(args, preset_applied=None)
-        raise UsageError(f"preset {path} has no table for backbone {args.backbone!r}; it has: {', '.join(sorted(tables)) or '(none)'}")
-    fields = {f.name: f for f in dataclasses.fields(Args)}
-    task_keys = sorted(k for k in table if k.replace("-", "_") in _NOISY_RECALL_FIELDS)
-    if task_keys and not is_noisy_recall(args.env_id):
-        import envs
-
-        raise UsageError(f"preset {path} [{args.backbone}] sets {task_keys[0]!r}, a NoisyRecall setting, but --env-id is "
-                         f"{args.env_id}; use this preset with --env-id {envs.NOISY_RECALL_ID}")
-    values = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name not in fields or name in _NOT_IN_PRESETS:
-            raise UsageError(f"preset {path} [{args.backbone}] sets {key!r}, which is not a train.py setting a preset may set")
-        if name in given:
-            continue
-        values[name] = tuple(value) if isinstance(value, list) else value
-    try:
-        taken = ", ".join(values) or "nothing: every value was given"
-        where = f"presets/{path.name}" if path.resolve().parent == PRESETS_DIR else str(path)
-        out = dataclasses.replace(args, **values, preset_applied=f"{where} [{args.backbone}]: {taken}")
-    except TypeError as e:
-        raise UsageError(f"preset {path} [{args.backbone}]: {e}") from None
-    hints = typing.get_type_hints(Args)
-    for name, value in values.items():
-        expected = _expected_type(hints[name])
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-            setattr(out, name, value)
-        choices = typing.get_args(hints[name]) if typing.get_origin(hints[name]) is Literal else None
-        ok = (value is None and _optional(hints[name])) or (
-            isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-            and (choices is None or value in choices)
-            and (expected is not tuple or all(isinstance(v, str) for v in value)))
-        if not ok:
-            want = f"one of {', '.join(map(repr, choices))}" if choices else f"a {expected.__name__}"
-            raise UsageError(f"preset {path} [{args.backbone}] sets {name} = {value!r}; it must be {want}")
-    check_ranges(args)  # a bad flag is the command line's fault; after this, a range error is the preset's
-    try:
-        check_ranges(out)
-    except UsageError as e:
-        raise UsageError(f"preset {path} [{args.backbone}]: {e}") from None
-    return out
-
-
-def _optional(hint) -> bool:
-    return type(None) in typing.get_args(hint)
-
-
-def _expected_type(hint) -> type:
-    """int, float, bool, str or tuple for a field's type hint (Optional and Literal unwrapped)."""
-    if typing.get_origin(hint) is Literal:
-        return type(typing.get_args(hint)[0])
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is tuple or hint is tuple:
-        return tuple
-    if args and typing.get_origin(hint) is not Annotated:
-        return _expected_type(args[0])
-    if typing.get_origin(hint) is Annotated:
-        return _expected_type(args[0])
-    return hint
 
 
 # ----------------------------------------------------------------------------- validation
@@ -333,109 +208,29 @@ def validate(args: Args) -> Checked:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA device is available; use --device cpu or auto")
     extra = parse_literal_kwargs(args.env_kwargs, "--env-kwargs")
-    if is_noisy_recall(args.env_id):
-        own = set(_noisy_recall_kwargs(args)) & set(extra)
-        if own:
-            k = sorted(own)[0]
-            raise UsageError(f"--env-kwargs {k}=... duplicates a flag: use {flag(k)}")
+    own = set(env_options(args)) & set(extra)
+    if own:
+        k = sorted(own)[0]
+        raise UsageError(f"--env-kwargs {k}=... duplicates a flag: use {flag(k)}")
     return Checked(mem_opts, bptt, extra)
 
 
-def is_noisy_recall(env_id: str) -> bool:
+def env_options(args: Args) -> dict[str, Any]:
+    """The settings of the env's suite (envs.suites: view_size for MiniGrid, vocab_size for
+    NoisyRecall...) as ``args`` hold them."""
     import envs
 
-    return env_id.split(":")[-1] == envs.NOISY_RECALL_ID
+    return {f: getattr(args, f) for f in envs.suite_of(args.env_id).flags}
 
 
-_NOISY_RECALL_FIELDS = {"vocab_size", "noise_vocab_size", "seq_len", "frac_noise"}
-
-
-def _noisy_recall_kwargs(args: Args) -> dict[str, Any]:
-    return dict(vocab_size=args.vocab_size, noise_vocab_size=args.noise_vocab_size, seq_len=args.seq_len, frac_noise=args.frac_noise)
-
-
-# ----------------------------------------------------------------------------- builders
-
-
-def tune_malloc() -> None:
-    """Keep glibc from mapping and unmapping each large temporary afresh: batched matrix work
-    (Newton-Schulz on [8192, 32, 32]) runs much faster with these thresholds on small CPU machines
-    (benchmarks/ops.py --malloc-compare measures it). The same as setting MALLOC_MMAP_THRESHOLD_ and
-    MALLOC_TRIM_THRESHOLD_ before start; a no-op off glibc."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 2**20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def resolve_device(args: Args) -> torch.device:
-    if args.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(args.device)
-
-
-def make_env(args: Args, num_envs: int, device: torch.device, seed_offset: int = 0):
-    """``num_envs`` envs as ``args`` describe them; errors (unknown id, bad keyword) are ValueErrors."""
-    import envs
-
-    extra = parse_literal_kwargs(args.env_kwargs, "--env-kwargs")
-    seed = args.seed + seed_offset
-    if is_noisy_recall(args.env_id):
-        # On a GPU the env keeps the whole rollout there (no host copies).
-        env_device = str(device) if device.type == "cuda" else None
-        return envs.make_vec(args.env_id, num_envs, seed, device=env_device, env_kwargs={**_noisy_recall_kwargs(args), **extra})
-    if envs.is_minigrid(args.env_id):
-        return envs.make_vec(args.env_id, num_envs, seed, view_size=args.view_size, movement_only=args.movement_only, env_kwargs=extra)
-    return envs.make_vec(args.env_id, num_envs, seed, env_kwargs=extra)
-
-
-def make_agent(args: Args, env, memory_options: dict[str, Any] | None = None):
-    """The actor-critic for ``env`` as ``args`` describe it (the rollout worker builds the same).
-    ``memory_options``: the typed options ``validate`` resolved (parsed here when not given)."""
-    import memory
-    from agents.actor_critic import ActorCritic
-
-    if memory_options is None:
-        memory_options = memory.parse_options(args.backbone, list(args.memory_options))
-    backbone = memory.make(args.backbone, args.hidden_size, args.hidden_size, **memory_options)
-    return ActorCritic(
-        env.single_observation_space, int(env.single_action_space.n), backbone, args.head_size,
-        branch_size=args.branch_size, relu_memory=args.relu_memory, actor_init_gain=args.actor_init_gain,
-        obs_encoder=args.obs_encoder,
-    )
-
-
-def make_optimizer(args: Args, agent: torch.nn.Module, fused: bool | None = None) -> torch.optim.Adam:
-    """Adam with CleanRL's eps. ``fused`` (default: on CPU and CUDA) updates every parameter in one
-    kernel instead of a loop of foreach ops (benchmarks/throughput.py --adam compares them); it
-    matches the foreach step to float rounding."""
-    if fused is None:
-        fused = all(p.device.type in ("cpu", "cuda") for p in agent.parameters())
-    return torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=fused or None)
+def env_label(env_id: str) -> str:
+    """An env id as a file name: memrl/NoisyRecall-v0 -> memrl-NoisyRecall-v0."""
+    return env_id.replace("/", "-").replace(":", "-")
 
 
 def run_dir_name(args: Args) -> str:
     return f"{env_label(args.env_id)}__{args.backbone}__{args.seed}__{int(time.time())}"
 
-
-def make_collector(args: Args, agent, env, bptt_len: int, device: torch.device):
-    """The rollout source for a run (agents.rollout.Collector): this process steps ``env``, or, with
-    --async-rollouts, a worker process builds its own envs (same seeds) and acts on CPU while the
-    learner updates (``env`` then only served for the spaces, and is closed here)."""
-    import dataclasses
-
-    if args.async_rollouts:
-        from agents.async_rollout import AsyncCollector
-
-        env.close()
-        return AsyncCollector(dataclasses.asdict(args), bptt_len, device)
-    from agents.rollout import RolloutCollector
-
-    return RolloutCollector(env, agent, args.num_steps, bptt_len, device, seed=args.seed)
 
 
 def given_fields(args: Args, argv: list[str] | None = None) -> set[str]:

@@ -1,7 +1,8 @@
 """Observation encoders: any supported gymnasium space -> a flat float feature vector [N, D].
 
-Discrete and MultiDiscrete ids are one-hot encoded (an id is a name, not a magnitude); Box is
-flattened (uint8 scaled to [0, 1]); Dict concatenates its entries in key order.
+Discrete and MultiDiscrete ids are one-hot encoded (an id is a name, not a magnitude); Box and
+MultiBinary are flattened (uint8 scaled to [0, 1]); Dict concatenates its entries in key order and
+Tuple in position order, each part encoded by these same rules, nested to any depth.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ class OneHot(nn.Module):
 
 
 class Flatten(nn.Module):
-    def __init__(self, space: spaces.Box):
+    def __init__(self, space: spaces.Box | spaces.MultiBinary):
         super().__init__()
         self.size = int(np.prod(space.shape))
-        self.scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+        self.scale = 1.0 / 255.0 if space.dtype == np.uint8 and isinstance(space, spaces.Box) else 1.0
 
     def forward(self, obs: Tensor) -> Tensor:
         return obs.reshape(obs.shape[0], -1).float() * self.scale
@@ -48,6 +49,16 @@ class DictEncoder(nn.Module):
 
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
         return torch.cat([self.parts[k](obs[k]) for k in self.keys], dim=1)
+
+
+class TupleEncoder(nn.Module):
+    def __init__(self, space: spaces.Tuple):
+        super().__init__()
+        self.parts = nn.ModuleList(make_encoder(sub) for sub in space.spaces)
+        self.size = sum(p.size for p in self.parts)
+
+    def forward(self, obs: tuple[Tensor, ...]) -> Tensor:
+        return torch.cat([part(o) for part, o in zip(self.parts, obs)], dim=1)
 
 
 class GridCells(nn.Module):
@@ -103,17 +114,25 @@ def make_encoder(space: spaces.Space, kind: str = "onehot") -> nn.Module:
         return OneHot(np.array([space.n]), np.array([space.start]))
     if isinstance(space, spaces.MultiDiscrete):
         return OneHot(space.nvec, space.start)
-    if isinstance(space, spaces.Box):
+    if isinstance(space, (spaces.Box, spaces.MultiBinary)):
         return Flatten(space)
     if isinstance(space, spaces.Dict):
         return DictEncoder(space)
-    raise ValueError(f"unsupported observation space {space}; supported: Box, Discrete, MultiDiscrete, Dict")
+    if isinstance(space, spaces.Tuple):
+        return TupleEncoder(space)
+    raise ValueError(f"unsupported observation space {space}; supported: {OBS_SPACES}")
 
 
-def obs_to_tensor(obs, device: torch.device) -> Tensor | dict[str, Tensor]:
-    """A batch of observations (numpy or torch, possibly a dict of them) as tensors on device."""
+OBS_SPACES = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict or Tuple of those (nested)"
+
+
+def obs_to_tensor(obs, device: torch.device):
+    """A batch of observations (numpy or torch, possibly a dict or tuple of them, nested) as
+    tensors on device, in the same structure."""
     if isinstance(obs, dict):
         return {k: obs_to_tensor(v, device) for k, v in obs.items()}
+    if isinstance(obs, tuple):
+        return tuple(obs_to_tensor(v, device) for v in obs)
     if isinstance(obs, Tensor):
         return obs.to(device, non_blocking=True)
     return torch.as_tensor(np.asarray(obs), device=device)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.actor_critic import ActorCritic
+from agents.distributions import categorical_entropy
 from agents.nested import tree_map
 from agents.rollout import Rollout
 
@@ -135,8 +136,9 @@ def value_loss(
 
 
 def policy_entropy(logp_all: Tensor) -> Tensor:
-    """Per-step entropy [...] of the categorical policy given its log-probabilities [..., A]."""
-    return -(logp_all.exp() * logp_all).sum(-1)
+    """Per-step entropy [...] of a categorical policy given its log-probabilities [..., A] (the
+    update takes each head's entropy from ``agent.dist.evaluate``; agents.distributions)."""
+    return categorical_entropy(logp_all)
 
 
 def ppo_loss(pg_loss: Tensor, v_loss: Tensor, entropy: Tensor, ent_coef: float, vf_coef: float) -> Tensor:
@@ -172,12 +174,10 @@ def ppo_update(
         for mb in perm.tensor_split(n_mb):
             m = validf[:, mb]
             count = m.sum().clamp_min(1.0)
-            logits, new_values, _ = agent.forward_sequence(
+            params, new_values, _ = agent.forward_sequence(
                 index_sequences(obs, mb), tuple(s[mb] for s in start), reset[:, mb]
             )
-            logp_all = torch.log_softmax(logits, -1)
-            new_logp = logp_all.gather(-1, actions[:, mb, None]).squeeze(-1)
-            entropy = policy_entropy(logp_all)
+            new_logp, entropy = agent.dist.evaluate(params, actions[:, mb])
             logratio = new_logp - old_logp[:, mb]
             ratio = logratio.exp()
             with torch.no_grad():

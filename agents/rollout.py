@@ -31,6 +31,7 @@ from torch import Tensor
 from agents.actor_critic import ActorCritic
 from agents.encoders import obs_to_tensor
 from agents.nested import tree_map
+from agents.normalize import Normalizer
 from memory import State
 
 
@@ -68,6 +69,16 @@ class EpisodeStats:
     env_ids: list[int] = field(default_factory=list)  # which env each finished episode ran in
 
 
+def normalizer_state(source_state: dict) -> dict | None:
+    """The normalization statistics in a rollout source's state (Collector.state_dict(), either
+    layout: this process's collector, or the async worker's), None when there are none."""
+    if not source_state:
+        return None
+    if source_state.get("async") is not None:
+        return source_state["async"]["worker"]["collector"].get("norm")
+    return source_state["collector"].get("norm")
+
+
 def _to_bool(x, device) -> Tensor:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, device=device).bool()
 
@@ -93,37 +104,51 @@ class RolloutCollector:
     """Steps a VectorEnv with the agent and keeps what carries over between rollouts: the next
     observation, the next reset flags, the memory state and the episode accumulators."""
 
-    def __init__(self, env: VectorEnv, agent: ActorCritic, num_steps: int, bptt_len: int, device: torch.device, seed: int | None):
+    def __init__(self, env: VectorEnv, agent: ActorCritic, num_steps: int, bptt_len: int, device: torch.device,
+                 seed: int | None, normalizer: Normalizer | None = None):
         self.env, self.num_steps, self.bptt_len, self.device = env, num_steps, bptt_len, device
+        self.norm = normalizer  # --norm-obs / --norm-reward (agents.normalize); None: off
         self.mode = autoreset_mode(env)
         self.num_envs = env.num_envs
         obs, _ = env.reset(seed=seed)
         # A torch-native env (NoisyRecall given a device) takes and returns tensors: no host copies.
         self.torch_env = isinstance(obs, Tensor)
-        self.next_obs = obs_to_tensor(obs, device)
+        self.next_obs = self._obs(obs)
         self.next_reset = torch.ones(self.num_envs, dtype=torch.bool, device=device)
         self.next_valid = torch.ones(self.num_envs, dtype=torch.bool, device=device)
         self.state = agent.initial_state(self.num_envs, device)
         self.ep_return = torch.zeros(self.num_envs, dtype=torch.float64, device=device)
         self.ep_length = torch.zeros(self.num_envs, dtype=torch.long, device=device)
 
+    def _obs(self, obs, update: bool = True):
+        """An env's observations as tensors on the device, normalized when --norm-obs is on."""
+        obs = obs_to_tensor(obs, self.device)
+        return obs if self.norm is None else self.norm.obs(obs, update)
+
     # -- checkpointing: everything needed to continue exactly where a rollout ended
     _CARRIED = ("next_obs", "next_reset", "next_valid", "state", "ep_return", "ep_length")
 
     def state_dict(self) -> dict:
-        """The carried tensors and the envs (pickled with cloudpickle; None for an env that cannot
-        be pickled, which then restarts from a reset on resume)."""
+        """The carried tensors, the normalization statistics and the envs (pickled with cloudpickle;
+        None for an env that cannot be pickled, which then restarts from a reset on resume)."""
         import cloudpickle
 
         try:
             env_blob = cloudpickle.dumps(self.env)
         except Exception:  # noqa: BLE001 - an unpicklable env resumes from a reset instead
             env_blob = None
-        return {"collector": {k: getattr(self, k) for k in self._CARRIED}, "env": env_blob, "async": None}
+        carried = {k: getattr(self, k) for k in self._CARRIED}
+        if self.norm is not None:
+            carried["norm"] = self.norm.state_dict()
+        return {"collector": carried, "env": env_blob, "async": None}
 
     def load_state_dict(self, d: dict) -> None:
         for k, v in d["collector"].items():
-            setattr(self, k, tree_map(lambda x: x.to(self.device), v))
+            v = tree_map(lambda x: x.to(self.device), v)
+            if k == "norm":
+                self.norm.load_state_dict(v)
+            else:
+                setattr(self, k, v)
         if d.get("env") is not None:
             import cloudpickle
 
@@ -147,7 +172,7 @@ class RolloutCollector:
         valid = torch.empty_like(reset)
         dones = torch.empty_like(reset)
         terminated = torch.empty_like(reset)
-        actions = torch.empty(T, N, dtype=torch.long, device=dev)
+        actions = torch.empty(T, N, *agent.dist.action_shape, dtype=agent.dist.action_dtype, device=dev)
         logprobs = torch.empty(T, N, device=dev)
         values = torch.empty(T, N, device=dev)
         rewards = torch.empty(T, N, device=dev)
@@ -160,21 +185,18 @@ class RolloutCollector:
                 start_states.append(tuple(s.clone() for s in self.state))
             tree_map(lambda buf, o: buf.__setitem__(t, o), obs_buf, self.next_obs)
             reset[t], valid[t] = self.next_reset, self.next_valid
-            logits, value, self.state = agent.step(self.next_obs, self.state, self.next_reset)
-            logp_all = torch.log_softmax(logits, -1)
-            # Gumbel-max sampling: exact, and unlike multinomial it does not throw on NaN logits,
-            # so a diverged model reaches ppo_update's non-finite check and stops cleanly.
-            noise = 0.0 if greedy else -torch.log(-torch.log(torch.rand_like(logits)))
-            action = (logits + noise).argmax(-1)
+            params, value, self.state = agent.step(self.next_obs, self.state, self.next_reset)
+            action, logprobs[t] = agent.dist.act(params, greedy)
             actions[t], values[t] = action, value
-            logprobs[t] = logp_all.gather(1, action[:, None]).squeeze(1)
 
-            obs, reward, term, trunc, info = self.env.step(action if self.torch_env else action.cpu().numpy())
-            self.next_obs = obs_to_tensor(obs, dev)
-            rewards[t] = torch.as_tensor(reward, device=dev, dtype=torch.float32)
+            env_action = agent.dist.to_env(action)
+            obs, reward, term, trunc, info = self.env.step(env_action if self.torch_env else env_action.cpu().numpy())
+            self.next_obs = self._obs(obs)
+            reward = torch.as_tensor(reward, device=dev, dtype=torch.float32)
             term, trunc = _to_bool(term, dev), _to_bool(trunc, dev)
             terminated[t], dones[t] = term, term | trunc
-            self._track_episodes(stats, rewards[t], valid[t], dones[t], info)
+            rewards[t] = reward if self.norm is None else self.norm.reward(reward * valid[t], dones[t])
+            self._track_episodes(stats, reward, valid[t], dones[t], info)  # the env's own rewards
 
             if self.mode is AutoresetMode.NEXT_STEP:
                 # The step after a done resets the env: invalid; the one after that starts anew.
@@ -208,7 +230,7 @@ class RolloutCollector:
         state = tuple(s[idx] for s in self.state)
         # self.state already consumed obs[t]; the final observation follows it (no reset).
         no_reset = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
-        _, v, _ = agent.step(obs_to_tensor(final_obs, self.device), state, no_reset)
+        _, v, _ = agent.step(self._obs(final_obs, update=False), state, no_reset)
         return idx, v
 
     def _track_episodes(self, stats: EpisodeStats, reward: Tensor, valid: Tensor, done: Tensor, info: dict) -> None:

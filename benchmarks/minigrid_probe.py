@@ -30,25 +30,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents import config as train
+from agents import build
+from agents.config import Args
 from agents.actor_critic import ActorCritic
 from agents.encoders import obs_to_tensor
 
 
-def load_agent(run_dir: Path) -> tuple[train.Args, ActorCritic]:
+def load_agent(run_dir: Path) -> tuple[Args, ActorCritic]:
     ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    known = {f for f in train.Args.__dataclass_fields__}
-    args = train.Args(**{"head_size": 0, **{k: v for k, v in ckpt["args"].items() if k in known}})
-    env = train.make_env(args, 1, torch.device("cpu"))
-    agent = train.make_agent(args, env)
+    known = {f for f in Args.__dataclass_fields__}
+    args = Args(**{"head_size": 0, **{k: v for k, v in ckpt["args"].items() if k in known}})
+    env = build.make_env(args, 1, torch.device("cpu"))
+    agent = build.make_agent(args, env)
     agent.load_state_dict(ckpt["model"])
     env.close()
     return args, agent.eval()
 
 
-def play(args: train.Args, agent: ActorCritic, episodes: int, seed: int, max_steps: int = 400) -> dict:
+def play(args: Args, agent: ActorCritic, episodes: int, seed: int, max_steps: int = 400) -> dict:
     """One env, sampled actions. Returns per-episode cases and per-decision features/labels."""
-    env = train.make_env(args, 1, torch.device("cpu"))
+    env = build.make_env(args, 1, torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     cases, feats, labels = [], [], []
     for ep in range(episodes):
@@ -108,7 +109,7 @@ def linear_probe(x: np.ndarray, y: np.ndarray) -> float:
         return (((xn[n:] @ w + b) > 0).double() == yt[n:]).double().mean().item()
 
 
-def report(args: train.Args, agent: ActorCritic, data: dict) -> dict:
+def report(args: Args, agent: ActorCritic, data: dict) -> dict:
     cases = data["cases"]
     out: dict = {"episodes": len(cases), "success": float(np.mean([s for _, _, s, _, _ in cases]))}
     for cue in ("Ball", "Key"):

@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 import memory
-from agents import config as train
+from agents import build
+from agents.config import Args
 from agents.actor_critic import ActorCritic
 from agents.ppo import PPOConfig, ppo_update
 from agents.rollout import RolloutCollector
 
 
-def raw_env_rate(args: train.Args, seconds: float) -> float:
-    env = train.make_env(args, args.num_envs, torch.device("cpu"))
+def raw_env_rate(args: Args, seconds: float) -> float:
+    env = build.make_env(args, args.num_envs, torch.device("cpu"))
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     n_act = int(env.single_action_space.n)
@@ -45,7 +46,7 @@ def raw_env_rate(args: train.Args, seconds: float) -> float:
     return rate
 
 
-def contended_env_rate(args: train.Args, seconds: float) -> float:
+def contended_env_rate(args: Args, seconds: float) -> float:
     """The raw env rate while another process keeps the other core busy with a Python loop:
     the most any overlap of env stepping with learning (a second process) could leave the env."""
     import subprocess
@@ -59,13 +60,13 @@ def contended_env_rate(args: train.Args, seconds: float) -> float:
         spin.wait()
 
 
-def training_rate(args: train.Args, backbone: str, opts: dict, updates: int, fused: bool = True) -> dict[str, float]:
+def training_rate(args: Args, backbone: str, opts: dict, updates: int, fused: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
     device = torch.device("cpu")
-    env = train.make_env(args, args.num_envs, device)
+    env = build.make_env(args, args.num_envs, device)
     agent = ActorCritic(env.single_observation_space, int(env.single_action_space.n),
                         memory.make(backbone, args.hidden_size, args.hidden_size, **opts))
-    opt = train.make_optimizer(args, agent, fused)
+    opt = build.make_optimizer(args, agent, fused)
     L = args.bptt_len or args.num_steps
     col = RolloutCollector(env, agent, args.num_steps, L, device, seed=0)
     cfg = PPOConfig(num_minibatches=args.num_minibatches, update_epochs=args.update_epochs)
@@ -98,7 +99,7 @@ def training_rate(args: train.Args, backbone: str, opts: dict, updates: int, fus
     return {"sps": steps / (t_roll + t_upd), "env": env_time[0], "act": t_roll - env_time[0], "update": t_upd}
 
 
-def async_training_rate(args: train.Args, backbone: str, spec_opts: list[str], updates: int, fused: bool = True) -> dict[str, float]:
+def async_training_rate(args: Args, backbone: str, spec_opts: list[str], updates: int, fused: bool = True) -> dict[str, float]:
     """The same measurement with ``--async-rollouts``: a worker process collects rollout u + 1 (with
     the parameters update u starts from) while the learner runs update u."""
     import dataclasses
@@ -107,10 +108,10 @@ def async_training_rate(args: train.Args, backbone: str, spec_opts: list[str], u
 
     torch.manual_seed(0)
     a = dataclasses.replace(args, backbone=backbone, memory_options=tuple(spec_opts), async_rollouts=True, seed=0)
-    probe = train.make_env(a, 1, torch.device("cpu"))
-    agent = train.make_agent(a, probe)
+    probe = build.make_env(a, 1, torch.device("cpu"))
+    agent = build.make_agent(a, probe)
     probe.close()
-    opt = train.make_optimizer(a, agent, fused)
+    opt = build.make_optimizer(a, agent, fused)
     cfg = PPOConfig(num_minibatches=a.num_minibatches, update_epochs=a.update_epochs)
     L = a.bptt_len or a.num_steps
     col = AsyncCollector(dataclasses.asdict(a), L, torch.device("cpu"))
@@ -146,7 +147,7 @@ def main() -> None:
                    help="Adam implementation(s) to measure each backbone with (train.py uses fused on CPU/CUDA)")
     args_cli = p.parse_args()
     torch.set_num_threads(args_cli.threads)
-    args = train.Args(env_id=args_cli.env_id, num_envs=16, num_steps=128, update_epochs=4, hidden_size=args_cli.hidden_size,
+    args = Args(env_id=args_cli.env_id, num_envs=16, num_steps=128, update_epochs=4, hidden_size=args_cli.hidden_size,
                       bptt_len=args_cli.bptt_len)
     print(f"{args.env_id}, {args.num_envs} envs x {args.num_steps} steps, {args.update_epochs} epochs x "
           f"{args.num_minibatches} minibatches, BPTT {args.bptt_len or args.num_steps}, hidden {args.hidden_size}, torch threads {args_cli.threads}")

@@ -83,14 +83,10 @@ def run_name(env_id: str, backbone: Backbone, seed: int) -> str:
 
 
 def default_threshold(env_id: str) -> float | None:
-    base = env_id.split(":")[-1]
-    if base.startswith("MiniGrid-Memory"):
-        return 0.9  # docs/design.md section 8: the return a solved MemoryS9 run holds
-    if base == "memrl/NoisyRecall-v0":
-        # 4x chance at the default vocab (8 keys): clearly remembering, yet within RL's reach on a
-        # CPU in an hour; the supervised probe is where near-perfect recall is measured.
-        return 0.5
-    return None
+    """The score that counts as solved, as the env's suite declares it (envs.suites)."""
+    import envs
+
+    return envs.suite_of(env_id).threshold
 
 
 def parse_thresholds(items: Sequence[str], env_ids: Sequence[str]) -> dict[str, float | None]:
@@ -150,14 +146,14 @@ def parse_train_args(text: str) -> list[str]:
 
 def parse_train_argv(argv: list[str]):
     """The resolved train.Args of train.py flags, parsed as train.py parses them
-    (agents.config.parse_args: tyro, then the env's preset for the fields the flags leave alone), so
+    (agents.presets.parse_args: tyro, then the env's preset for the fields the flags leave alone), so
     a run's config here is the config.json train.py will write. A parse error becomes one line
     (tyro prints a boxed, multi-line message)."""
     import contextlib
     import io
 
     from agents.config import UsageError as TrainUsageError
-    from agents.config import parse_args
+    from agents.presets import parse_args
 
     buf = io.StringIO()
     try:
@@ -200,7 +196,8 @@ def plan(args, remote_device: bool = False) -> tuple[list[Run], int]:
     import torch
 
     from agents.config import UsageError as TrainUsageError
-    from agents.config import make_env, validate
+    from agents.build import make_env
+    from agents.config import validate
 
     if args.total_timesteps < 1:
         raise UsageError(f"--total-timesteps must be >= 1, got {args.total_timesteps}")

@@ -64,22 +64,28 @@ class Settings(Protocol):
     resamples: int
 
 
-def score_tag(runs: Sequence[RunData]) -> str:
-    """The metric that says how well an env is solved: accuracy where the env logs it
-    (NoisyRecall), else the episodic return."""
-    return ACCURACY_TAG if any(ACCURACY_TAG in r.curves for r in runs) else RETURN_TAG
+def score_tag(env_id: str, runs: Sequence[RunData]) -> str:
+    """The metric that says how well an env is solved, as its suite declares it (envs.suites:
+    accuracy for NoisyRecall, the episodic return elsewhere); an env of no suite of its own that
+    logs an accuracy (info["accuracy"] at episode ends) is scored by it."""
+    import envs
+
+    suite = envs.suite_of(env_id)
+    if suite.name == "gymnasium" and any(ACCURACY_TAG in r.curves for r in runs):
+        return ACCURACY_TAG
+    return suite.score_tag
 
 
 def score_range(env_id: str, runs: Sequence[RunData], tag: str) -> tuple[float, float]:
-    """(chance-or-floor, ceiling) used to normalize an env's score to [0, 1] for the aggregate.
-    MiniGrid Memory returns live in [0, 1]; NoisyRecall accuracy goes from chance (1 / keys) to
-    1; any other env is scaled by the lowest and highest value its runs logged."""
+    """(chance-or-floor, ceiling) used to normalize an env's score to [0, 1] for the aggregate, as
+    the env's suite declares it (MiniGrid Memory returns [0, 1], NoisyRecall accuracy [1 / keys, 1],
+    POPGym returns [-1, 1]); any other env is scaled by the lowest and highest value its runs logged."""
+    import envs
+
     c = next((r.config for r in runs if r.config), {})
-    if tag == ACCURACY_TAG and "vocab_size" in c:
-        keys = (int(c["vocab_size"]) - int(c.get("noise_vocab_size", 0))) // 2
-        return (1.0 / keys if keys > 0 else 0.0), 1.0
-    if env_id.split(":")[-1].startswith("MiniGrid-Memory"):
-        return 0.0, 1.0
+    declared = envs.suites.score_range(env_id, c) if tag == envs.suite_of(env_id).score_tag else None
+    if declared is not None:
+        return declared
     vals = np.concatenate([r.curves[tag][1] for r in runs if tag in r.curves] or [np.zeros(1)])
     lo, hi = float(vals.min()), float(vals.max())
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
@@ -110,7 +116,7 @@ def build_report(out: Path, runs: list[RunData], thresholds: dict[str, float | N
         by_env.setdefault(r.env_id, []).append(r)
     rows = []
     for env_id, env_runs in by_env.items():
-        tag = score_tag(env_runs)
+        tag = score_tag(env_id, env_runs)
         thr = thresholds.get(env_id, default_threshold(env_id))
         for r in env_runs:
             s = r.curves.get(tag)
@@ -151,7 +157,7 @@ def summary_markdown(by_env: dict[str, list[RunData]], thresholds: dict[str, flo
     problems: list[str] = []
     agg: dict[str, dict[int, list[float]]] = {}
     for env_id, runs in by_env.items():
-        tag = score_tag(runs)
+        tag = score_tag(env_id, runs)
         metric = tag.split("/")[-1].replace("episodic_", "")
         thr = thresholds.get(env_id, default_threshold(env_id))
         lo, hi = score_range(env_id, runs, tag)
@@ -224,7 +230,7 @@ def plot_curves(out: Path, by_env: dict[str, list[RunData]], thresholds: dict[st
     n_res = min(args.resamples, 1000)
     agg: dict[str, list[tuple[np.ndarray, np.ndarray, int]]] = {}  # backbone -> (grid, normalized curve, seed)
     for env_id, runs in by_env.items():
-        tag = score_tag(runs)
+        tag = score_tag(env_id, runs)
         lo, hi = score_range(env_id, runs, tag)
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for bb in dict.fromkeys(r.backbone for r in runs):

@@ -76,7 +76,8 @@ def prepare(args: Args, command: str = "") -> Sweep:
     import torch
 
     from agents.config import UsageError as TrainUsageError
-    from agents.config import make_env, validate
+    from agents.build import make_env
+    from agents.config import validate
 
     if args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")

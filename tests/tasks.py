@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 from gymnasium import spaces
 
 CUE_RECALL_ID = "memrl_test/CueRecall-v0"
 CUE_MATCH_ID = "memrl_test/CueMatch-v0"
+CUE_RECALL_BOX_ID = "memrl_test/CueRecallBox-v0"
 
 
 class CueRecall(gym.Env):
@@ -61,11 +63,42 @@ class CueMatch(CueRecall):
         return int(self.probe == self.cue)
 
 
+class CueRecallBox(gym.Env):
+    """CueRecall with a continuous answer: observe (c, 0) with a cue c in {-1, +1} at the first
+    step, then ``delay`` blank steps (0, 0), then the query (0, 1); the action a in [-1, 1] at the
+    query earns 1 - |a - c| and ends the episode (actions elsewhere do nothing). Without memory
+    every answer earns 0 in expectation (E|a - c| = 1 for any a in [-1, 1]); remembering earns 1."""
+
+    action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def __init__(self, delay: int = 4):
+        self.delay = delay
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.cue = float(self.np_random.choice([-1.0, 1.0]))
+        self.t = 0
+        return np.array([self.cue, 0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        blank, query = np.zeros(2, np.float32), np.array([0.0, 1.0], np.float32)
+        if self.t <= self.delay:
+            return blank, 0.0, False, False, {}
+        if self.t == self.delay + 1:
+            return query, 0.0, False, False, {}
+        a = float(np.clip(np.asarray(action, np.float64).reshape(-1)[0], -1.0, 1.0))
+        return query, 1.0 - abs(a - self.cue), True, False, {}
+
+
 def register() -> None:
     if CUE_RECALL_ID not in gym.envs.registry:
         gym.register(CUE_RECALL_ID, entry_point=CueRecall)
     if CUE_MATCH_ID not in gym.envs.registry:
         gym.register(CUE_MATCH_ID, entry_point=CueMatch)
+    if CUE_RECALL_BOX_ID not in gym.envs.registry:
+        gym.register(CUE_RECALL_BOX_ID, entry_point=CueRecallBox)
 
 
 # Importing the module registers the tasks, so "tests.tasks:memrl_test/CueRecall-v0" works anywhere

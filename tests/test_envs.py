@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -9,6 +10,29 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.minigrid_wrappers import make_minigrid
+
+
+class _SpacesEnv(gymnasium.Env):
+    """An env that only declares spaces (for the space checks)."""
+
+    def __init__(self, observation_space, action_space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, True, False, {}
+
+
+for _id, _obs, _act in (
+    ("memrl-test/TupleAction-v0", spaces.Discrete(2), spaces.Tuple((spaces.Discrete(2), spaces.Discrete(3)))),
+    ("memrl-test/MatrixBox-v0", spaces.Discrete(2), spaces.Box(-1, 1, (2, 2))),
+    ("memrl-test/TextObs-v0", spaces.Tuple((spaces.Discrete(2), spaces.Text(4))), spaces.Discrete(2)),
+):
+    if _id not in gymnasium.envs.registry:
+        gymnasium.register(_id, entry_point=_SpacesEnv, kwargs={"observation_space": _obs, "action_space": _act})
 
 
 @pytest.mark.parametrize("env_id", envs.MEMORY_IDS)
@@ -63,7 +87,9 @@ def test_any_gymnasium_id_and_module_form():
         ("no_such_module:Foo-v0", "unknown env id"),
         ("no_such_module:MiniGrid-Foo-v0", "cannot import 'no_such_module'"),
         ("minigrid:MiniGrid-Foo-v0", "unknown env id 'minigrid:MiniGrid-Foo-v0'"),
-        ("Pendulum-v1", "Discrete actions only"),
+        ("memrl-test/TupleAction-v0", "memrl supports Discrete, MultiDiscrete .one vector., Box"),
+        ("memrl-test/MatrixBox-v0", "memrl supports Discrete, MultiDiscrete .one vector., Box"),
+        ("memrl-test/TextObs-v0", r"observation entry \[1\] is Text; supported: Box, Discrete"),
     ],
 )
 def test_bad_env_ids_raise_clear_errors(env_id, match):

@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+
+from agents.distributions import Categorical
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
@@ -194,6 +196,8 @@ class ScriptedEnv(gym.Env):
 class CountingAgent:
     """State = steps since reset; value = 100 * episode id + 10 * step + steps since reset, so a
     wrong reset or a wrong bootstrap shows in the value."""
+
+    dist = Categorical(2)
 
     def initial_state(self, n, device=None):
         return (torch.zeros(n, 1, device=device),)

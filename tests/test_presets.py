@@ -7,7 +7,8 @@ import json
 import pytest
 
 import train
-from agents.config import PRESETS_DIR, Args, apply_preset, given_fields, parse_args
+from agents.config import Args, given_fields
+from agents.presets import PRESETS_DIR, apply_preset, parse_args
 
 TINY = ["--total-timesteps", "64", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "1", "--hidden-size", "8", "--no-progress"]
 S9 = ["--env-id", "MiniGrid-MemoryS9-v0"]

@@ -307,7 +307,7 @@ def test_real_sweep_persists_resumes_prunes_and_writes_everything(tmp_path, caps
     stops. The pruner waits for 3 completed trials, so it never judges trials 0-2 (at most 2 had
     completed while each ran) and judges trial 3 at every checkpoint after trial 2 completes, which
     is early in trial 3's slow run. A third session starts nothing."""
-    import agents.config
+    import agents.presets
     import train
 
     out = tmp_path / "sw"
@@ -332,7 +332,7 @@ def test_real_sweep_persists_resumes_prunes_and_writes_everything(tmp_path, caps
                                         train_args=TRAIN_ARGS, out=str(out), jobs=2))
     trial = study.load_study(out).ask(sweep_dists(sw))  # the third enqueued trial
     assert trial.number == 2 and trial.params["learning_rate"] == 1.5e-3
-    targs, given = agents.config.parse_args(sw.argv(2, 1, trial.params))
+    targs, given = agents.presets.parse_args(sw.argv(2, 1, trial.params))
     train.run(targs, on_update=lambda u: u == 2, given=given)
     part = out / "runs" / "trial2__seed1"
     assert (part / "checkpoint.pt").exists() and not (part / "result.json").exists()
@@ -379,7 +379,7 @@ def test_real_sweep_persists_resumes_prunes_and_writes_everything(tmp_path, caps
     preset = out / "preset.toml"
     text = preset.read_text()
     assert text.startswith("# Found by a sweep") and "python sweep.py" in text and "[lstm]" in text
-    targs, _ = agents.config.parse_args(["--env-id", ENV, "--backbone", "lstm", "--preset", str(preset)])
+    targs, _ = agents.presets.parse_args(["--env-id", ENV, "--backbone", "lstm", "--preset", str(preset)])
     for k, v in best["params"].items():
         assert getattr(targs, k) == v
     assert (targs.num_envs, targs.num_steps, targs.hidden_size, targs.noise_vocab_size) == (4, 16, 8, 4)
