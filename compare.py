@@ -28,25 +28,32 @@ experiments/ (grid, executors, rundata, stats, report).
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from experiments import suite_files
 from experiments.executors import RUNNING_ELSEWHERE, Job, LocalExecutor, RayExecutor, check_executor, run_jobs
 from experiments.grid import UsageError, canonical, cores, glue_train_args, parse_thresholds, plan, train_command
 from experiments.report import build_report
 from experiments.rundata import RunData, discover
 
 
-@dataclass
+DEFAULT_ENV_IDS = ("MiniGrid-MemoryS9-v0",)
+MMER_WINDOW = 65_536  # POPGym's PPO train batch (popgym/baselines/ppo.py at the paper release)
+
+
 @dataclass
 class Args:
     backbones: tuple[str, ...] = ("mlp", "gru", "lstm", "mlstm", "mlstm-orth", "mru")
     """backbones to compare: NAME or NAME:key=value,key=value (its --memory-options), e.g. mru:kind=ldu,num_heads=4"""
-    env_ids: tuple[str, ...] = ("MiniGrid-MemoryS9-v0",)
-    """env ids (anything train.py --env-id accepts)"""
+    env_ids: tuple[str, ...] = ()
+    """env ids (anything train.py --env-id accepts); default MiniGrid-MemoryS9-v0 (or the --suite's envs)"""
+    suite: str | None = None
+    """run a suite file's envs with its settings instead of --env-ids: a name in presets/suites/ (popgym-easy, popgym-medium, popgym-hard, popgym) or a path; the report then scores runs as the suite says (MMER for POPGym) beside its published table"""
     seeds: tuple[int, ...] = (1, 2, 3)
     """seeds: one run per env x backbone x seed"""
     total_timesteps: int = 300_000
@@ -64,13 +71,15 @@ class Args:
     report_only: bool = False
     """rebuild the outputs from every run already in --out, training nothing (--backbones then only orders the tables)"""
     dry_run: bool = False
-    """print what would run (new, resume, restart, skip) and the commands, then stop"""
+    """print what would run (new, resume, restart, skip) and the commands, then stop (with --suite: the suite too)"""
     final_frac: float = 0.1
     """'final' return/accuracy = mean of the values logged in the last final_frac of each run's steps"""
     smooth: int = 10
     """steps to threshold: first logged point where the trailing mean of this many logged points reaches it"""
     confidence: float = 0.95
     """confidence level of the bootstrap intervals"""
+    mmer_window: int = MMER_WINDOW
+    """--suite with score mmer: the window of env steps whose mean episodic return MMER maximizes over (the paper's train batch; docs/design.md section 9)"""
     resamples: int = 10_000
     """bootstrap resamples for the summary's intervals (curves use min(this, 1000) per grid point)"""
     executor: Literal["local", "ray"] = "local"
@@ -83,20 +92,31 @@ class Args:
 
 def run_grid(args: Args) -> int:
     out = Path(args.out)
+    if args.mmer_window < 1:
+        raise UsageError(f"--mmer-window must be >= 1 env step, got {args.mmer_window}")
     if args.report_only:
         runs = discover(out)
         if not runs:
             raise UsageError(f"no runs under {out / 'runs'} to report on")
         thresholds = parse_thresholds(args.threshold, sorted({r.env_id for r in runs}))
-        build_report(out, runs, thresholds, args, [canonical(b) for b in args.backbones])
+        suite = suite_files.load(args.suite) if args.suite is not None else suite_files.recorded(out)
+        build_report(out, runs, thresholds, args, [canonical(b) for b in args.backbones], suite)
         print(f"report: {out / 'summary.md'}", file=sys.stderr)
         return 0
 
     if not (0 < args.final_frac <= 1) or args.smooth < 1 or not (0 < args.confidence < 1) or args.resamples < 1:
         raise UsageError("--final-frac must be in (0, 1], --smooth >= 1, --confidence in (0, 1), --resamples >= 1")
     check_executor(args)
-    thresholds = parse_thresholds(args.threshold, args.env_ids)
-    runs, threads = plan(args, remote_device=args.executor == "ray")
+    suite = None
+    if args.suite is not None:
+        if args.env_ids:
+            raise UsageError("give --suite or --env-ids, not both (the suite file lists its envs)")
+        suite = suite_files.load(args.suite)
+    elif not args.env_ids:
+        args = dataclasses.replace(args, env_ids=DEFAULT_ENV_IDS)
+    env_ids = suite.envs if suite is not None else list(args.env_ids)
+    thresholds = parse_thresholds(args.threshold, env_ids)
+    runs, threads = plan(args, remote_device=args.executor == "ray", suite=suite)
     devices = {r.config["device"] for r in runs}
     if args.executor == "ray" and "cuda" in devices and not args.gpus_per_run:
         raise UsageError("--device cuda with --executor ray needs --gpus-per-run F (the GPUs each run reserves)")
@@ -110,10 +130,14 @@ def run_grid(args: Args) -> int:
           f"{counts['restart']} to restart (no checkpoint); {where}, {threads} torch thread(s) each",
           file=sys.stderr)
     if args.dry_run:
+        if suite is not None:
+            print(f"suite {suite.name} ({suite.path}): {suite.description} {len(suite.envs)} envs; score: {suite.score}", file=sys.stderr)
         for r in runs:
             print(f"{r.action:8s} {r.name}" + ("" if r.action == "skip" else f": {shlex.join(train_command(r))}"))
         return 0
 
+    if suite is not None:
+        suite_files.record(out, suite)
     jobs = [Job(r.name, r.argv, (out / "logs" / f"{r.name}.log").absolute(), r.run_dir.absolute(), threads=threads)
             for r in todo]
     if args.executor == "ray":
@@ -146,8 +170,8 @@ def run_grid(args: Args) -> int:
         elif rc not in (None, 0):
             d.status, d.returncode = "failed", rc
     data = list(found.values())
-    thresholds = parse_thresholds(args.threshold, list(dict.fromkeys([*args.env_ids, *(d.env_id for d in data)])))
-    build_report(out, data, thresholds, args, [canonical(b) for b in args.backbones])
+    thresholds = parse_thresholds(args.threshold, list(dict.fromkeys([*env_ids, *(d.env_id for d in data)])))
+    build_report(out, data, thresholds, args, [canonical(b) for b in args.backbones], suite)
     failed = [d for d in data if d.status == "failed"]
     elsewhere = [d for d in data if d.status == "running"]
     print(f"compare: {out / 'summary.md'}, {out / 'results.csv'}"

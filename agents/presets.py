@@ -34,6 +34,20 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
 
+def auto_preset(env_id: str) -> Path | None:
+    """The preset an env takes by default: presets/<env label>.toml, else its suite's preset
+    (envs.suites: presets/popgym.toml for every POPGym id), else None."""
+    import envs
+
+    own = PRESETS_DIR / f"{env_label(env_id)}.toml"
+    if own.is_file():
+        return own
+    name = envs.suite_of(env_id).preset
+    if name is not None and (PRESETS_DIR / f"{name}.toml").is_file():
+        return PRESETS_DIR / f"{name}.toml"
+    return None
+
+
 def _read_preset(path: Path) -> dict:
     try:
         import tomllib
@@ -60,8 +74,8 @@ def apply_preset(args: Args, given: set[str]) -> Args:
     if spec == "none":
         return dataclasses.replace(args, preset_applied=None)
     if spec == "auto":
-        path = PRESETS_DIR / f"{env_label(args.env_id)}.toml"
-        if not path.is_file():
+        path = auto_preset(args.env_id)
+        if path is None:
             return dataclasses.replace(args, preset_applied=None)
     elif spec.endswith(".toml") or "/" in spec:
         path = Path(spec)

@@ -5,12 +5,15 @@ Ids are POPGym's own, ``popgym-RepeatFirstEasy-v0``, bare or in gymnasium's impo
 episodic return lies in [-1, 1] (the paper normalizes its rewards so, docs/design.md section 9),
 which is the suite's score range; its score is MMER (docs/design.md section 9).
 
-One wrapper, ``FreshInfo``: CountRecall and MultiarmedBandit return the same info dict object from
-every reset and step, which gymnasium's env checker rejects (a caller that keeps an info would see
-it change); the wrapper hands out a shallow copy each call. Nothing else is changed.
+One wrapper, ``FreshInfo``: CountRecall and MultiarmedBandit return the same info dict, holding the
+same numpy array (CountRecall's ``counts`` is updated in place), from every reset and step, which
+gymnasium's env checker rejects (a caller that keeps an info would see it change); the wrapper
+hands out a deep copy each call (a few small arrays). Nothing else is changed.
 """
 
 from __future__ import annotations
+
+import copy
 
 import gymnasium as gym
 
@@ -53,11 +56,11 @@ class FreshInfo(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        return obs, dict(info)
+        return obs, copy.deepcopy(info)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated, truncated, dict(info)
+        return obs, reward, terminated, truncated, copy.deepcopy(info)
 
 
 def make_popgym(env_id: str, **kwargs) -> gym.Env:
@@ -82,5 +85,5 @@ def _build(env_id, num_envs, *, device, env_kwargs, autoreset_mode):
 register(Suite(
     "popgym", "POPGym", lambda env_id: bare_id(env_id).startswith("popgym-"), _build,
     ids=lambda: [popgym_id(f, "Easy") for f in FAMILIES] + ["... (Medium, Hard)"],
-    score_range=lambda config: (-1.0, 1.0), install=INSTALL,
+    score_range=lambda config: (-1.0, 1.0), install=INSTALL, preset="popgym",
 ))

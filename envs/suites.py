@@ -12,7 +12,9 @@ memory/ has a registry of backbones; this is envs/' registry of suites. A ``Suit
 - ``threshold``: the score that counts as solved (compare.py's steps-to-threshold);
 - ``score_range``: (floor, ceiling) of the score for a run's config, which normalizes it for
   aggregates over envs (MiniGrid [0, 1], NoisyRecall [chance, 1], POPGym [-1, 1]); None: the
-  report uses the lowest and highest value the runs logged.
+  report uses the lowest and highest value the runs logged;
+- ``preset``: the preset file its ids use by default when an id has no file of its own
+  (POPGym: presets/popgym.toml, one table per backbone for all 42 envs).
 
 ``suite_of(env_id)`` finds an id's suite (the last, ``gymnasium``, takes any other id), so no code
 outside envs/ tests an id's prefix. A new family is one ``register`` call.
@@ -44,6 +46,7 @@ class Suite:
     threshold: float | None = None
     score_range: Callable[[dict], tuple[float, float]] | None = None
     install: str | None = None  # how to get its package, when it comes from an extra
+    preset: str | None = None  # the preset (presets/<name>.toml) its ids take by default, when an id has no file of its own
 
 
 _SUITES: list[Suite] = []

@@ -189,10 +189,11 @@ def torch_quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def plan(args, remote_device: bool = False) -> tuple[list[Run], int]:
+def plan(args, remote_device: bool = False, suite=None) -> tuple[list[Run], int]:
     """Validate the grid (compare.Args) and decide what each run needs. Returns (runs, threads
     per run). ``remote_device``: the runs train on other machines (Ray), so --device cuda is not
-    checked against this machine's devices."""
+    checked against this machine's devices. ``suite`` (experiments.suite_files.SuiteFile): its
+    envs replace --env-ids, and each env's suite settings go before --train-args."""
     import torch
 
     from agents.config import UsageError as TrainUsageError
@@ -203,9 +204,10 @@ def plan(args, remote_device: bool = False) -> tuple[list[Run], int]:
         raise UsageError(f"--total-timesteps must be >= 1, got {args.total_timesteps}")
     if args.jobs < 0:
         raise UsageError(f"--jobs must be >= 0 (0: one per core), got {args.jobs}")
-    if not args.backbones or not args.env_ids or not args.seeds:
+    env_ids = list(suite.envs) if suite is not None else list(args.env_ids)
+    if not args.backbones or not env_ids or not args.seeds:
         raise UsageError("--backbones, --env-ids and --seeds each need at least one value")
-    for what, values in (("--backbones", args.backbones), ("--env-ids", args.env_ids), ("--seeds", args.seeds)):
+    for what, values in (("--backbones", args.backbones), ("--env-ids", env_ids), ("--seeds", args.seeds)):
         if len(set(values)) != len(values):
             raise UsageError(f"{what} has duplicates: {' '.join(map(str, values))}")
     backbones = [parse_backbone(b) for b in args.backbones]
@@ -216,16 +218,22 @@ def plan(args, remote_device: bool = False) -> tuple[list[Run], int]:
     runs: list[Run] = []
     checked_envs: set[str] = set()
     checked_backbones: set[str] = set()
-    for env_id in args.env_ids:
+    for env_id in env_ids:
+        from_suite = suite.train_argv(env_id) if suite is not None else []
         for bb in backbones:
             for seed in args.seeds:
                 name = run_name(env_id, bb, seed)
                 argv = ["--env-id", env_id, "--backbone", bb.name, "--seed", str(seed),
                         "--total-timesteps", str(args.total_timesteps), "--runs-dir", str(runs_dir.absolute()),
-                        "--run-name", name, "--torch-threads", str(threads), *extra]
+                        "--run-name", name, "--torch-threads", str(threads), *from_suite, *extra]
                 if bb.options:
                     argv += ["--memory-options", *bb.options]
-                targs = parse_train_argv(argv)
+                try:
+                    targs = parse_train_argv(argv)
+                except UsageError as e:
+                    if not from_suite:
+                        raise
+                    raise UsageError(f"{e} (with suite {suite.name}'s settings for {env_id}: {' '.join(from_suite)})") from None
                 try:
                     local = dataclasses.replace(targs, device="cpu") if remote_device and targs.device == "cuda" else targs
                     validate(local)

@@ -106,9 +106,11 @@ CSV_FIELDS = ["env", "backbone", "seed", "status", "exit_code", "steps", "final_
               "wall_time_s", "sps", "run_dir"]
 
 
-def build_report(out: Path, runs: list[RunData], thresholds: dict[str, float | None], args: Settings, order: Sequence[str] = ()) -> None:
-    """results.csv, summary.md and the curve PNGs from the runs' events. Backbones appear in
-    `order` (the grid's --backbones), then any others alphabetically; then by seed."""
+def build_report(out: Path, runs: list[RunData], thresholds: dict[str, float | None], args: Settings, order: Sequence[str] = (),
+                 suite=None) -> None:
+    """results.csv, summary.md and the curve PNGs from the runs' events; with ``suite``
+    (experiments.suite_files.SuiteFile) also suite.md and suite.csv (experiments.suite_report).
+    Backbones appear in `order` (the grid's --backbones), then any others alphabetically; then by seed."""
     rank = {b: i for i, b in enumerate(order)}
     runs = sorted(runs, key=lambda r: (r.env_id, rank.get(r.backbone, len(rank)), r.backbone, r.seed))
     by_env: dict[str, list[RunData]] = {}
@@ -143,6 +145,10 @@ def build_report(out: Path, runs: list[RunData], thresholds: dict[str, float | N
     write_atomic(out / "results.csv", buf.getvalue().encode())
     write_atomic(out / "summary.md", summary_markdown(by_env, thresholds, args).encode())
     plot_curves(out, by_env, thresholds, args)
+    if suite is not None:
+        from experiments.suite_report import write_suite_report
+
+        write_suite_report(out, suite, by_env, args, order)
 
 
 def summary_markdown(by_env: dict[str, list[RunData]], thresholds: dict[str, float | None], args: Settings) -> str:
