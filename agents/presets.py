@@ -49,6 +49,11 @@ def auto_preset(env_id: str) -> Path | None:
 
 
 def _read_preset(path: Path) -> dict:
+    return read_toml(path, "preset")
+
+
+def read_toml(path: Path, what: str, error: type[Exception] = UsageError) -> dict:
+    """A TOML file's tables; an unreadable or invalid file is ``error`` (one line naming ``what``)."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
@@ -57,9 +62,9 @@ def _read_preset(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read preset {path} ({e})") from None
+        raise error(f"cannot read {what} {path} ({e})") from None
     except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"preset {path} is not valid TOML ({e})") from None
+        raise error(f"{what} {path} is not valid TOML ({e})") from None
 
 
 def apply_preset(args: Args, given: set[str]) -> Args:

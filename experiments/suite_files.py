@@ -54,16 +54,9 @@ def suite_names() -> list[str]:
 
 
 def _read(path: Path) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read suite file {path} ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"suite file {path} is not valid TOML ({e})") from None
+    from agents.presets import read_toml
+
+    return read_toml(path, "suite file", UsageError)
 
 
 def resolve(spec: str) -> Path:
