@@ -9,7 +9,10 @@
    kind and for lstm (and mlstm / mlstm-orth when registered), measured round-robin in one run,
    best of --repeats; ratio to lstm.
 
-    python benchmarks/mru_stability.py [--scales 0.03 0.1 0.3] [--steps 4096] [--repeats 7]
+    python benchmarks/mru_stability.py [--scales 0.03 0.1 0.3] [--steps 4096] [--repeats 7] [--paths plain stable]
+
+Each kind on both paths: the plain products (stable=false) and the stable (U, s) evaluation
+(the default; docs/design.md section 4, "The stable evaluation").
 
 Single-threaded (torch.set_num_threads(1)): on the 2-core shared machines more threads hurt.
 """
@@ -28,13 +31,18 @@ from memory.mru import KINDS, log_frobenius_norm
 CHECKPOINTS = (1, 64, 512, 4096)
 
 
+PATHS = {"plain": {"stable": False, "readout": "exact"}, "stable": {"stable": True}}
+
+
 def state_norms(
-    kind: str, scale: float, steps: int, batch: int, size: int, chunk: int = 512, seed: int = 0
+    kind: str, scale: float, steps: int, batch: int, size: int, chunk: int = 512, seed: int = 0, path: str = "plain"
 ) -> tuple[dict[int, float], int | None]:
     """Mean log ||H_t||_F at each checkpoint t <= steps (1-based), and the first step at which
-    some state has a non-finite entry (float32 overflow past 3.4e38: inf, then inf * 0 = nan), or None."""
+    some state has a non-finite entry (float32 overflow past 3.4e38: inf, then inf * 0 = nan), or None.
+    path "plain": H_t from the plain products; "stable": log ||H_t||_F = s_t of the stable path, and a
+    non-finite entry of U_t or s_t counts as the overflow."""
     torch.manual_seed(seed)
-    m = memory.make("mru", size, size, kind=kind)
+    m = memory.make("mru", size, size, kind=kind, **PATHS[path])
     with torch.no_grad():
         m.proj.weight.normal_(0.0, scale / math.sqrt(size))
     g = torch.Generator().manual_seed(seed + 1)
@@ -47,10 +55,15 @@ def state_norms(
             T = min(chunk, steps - done)
             x = torch.randn(T, batch, size, generator=g)  # [T, B, D]
             reset = torch.zeros(T, batch, dtype=torch.bool)
-            hs = m.states(x, state, reset)  # [T, B, heads, o, o]
-            state = (hs[-1],)
-            log_norms = log_frobenius_norm(hs)  # [T, B, heads]
-            bad = ~torch.isfinite(log_norms).flatten(1).all(dim=1)  # [T]
+            if path == "stable":
+                us, log_norms = m.scaled_states(x, state, reset)  # [T, B, heads, o, o], [T, B, heads]
+                state = (us[-1], log_norms[-1])
+                bad = ~(torch.isfinite(log_norms).flatten(1).all(dim=1) & torch.isfinite(us).flatten(1).all(dim=1))
+            else:
+                hs = m.states(x, state, reset)  # [T, B, heads, o, o]
+                state = (hs[-1],)
+                log_norms = log_frobenius_norm(hs)  # [T, B, heads]
+                bad = ~torch.isfinite(log_norms).flatten(1).all(dim=1)  # [T]
             if overflow is None and bad.any():
                 overflow = done + int(bad.nonzero()[0]) + 1
             for t in CHECKPOINTS:
@@ -90,6 +103,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=128, help="input size = hidden size")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
+                   help="plain products (stable=false) and/or the stable (U, s) path")
     p.add_argument("--skip-speed", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -100,15 +115,16 @@ def main() -> None:
           f"log ||I||_F = {0.5 * math.log(m0.order):.2f})\n")
     print("growth / step: slope of the mean log-norm between t=1 and the last finite checkpoint;")
     print("overflow: the first step at which some float32 state has an inf/nan entry ('-': none).\n")
-    print("| kind | std(A) | " + " | ".join(f"t={t}" for t in cps) + " | growth / step | overflow at |")
-    print("|---|---|" + "---|" * len(cps) + "---|---|")
+    print("| kind | path | std(A) | " + " | ".join(f"t={t}" for t in cps) + " | growth / step | overflow at |")
+    print("|---|---|---|" + "---|" * len(cps) + "---|---|")
     for scale in args.scales:
         for kind in args.kinds:
-            n, overflow = state_norms(kind, scale, args.steps, args.batch, args.size)
-            finite = [t for t in cps if math.isfinite(n[t])]
-            rate = (n[finite[-1]] - n[finite[0]]) / (finite[-1] - finite[0]) if len(finite) > 1 else float("nan")
-            cells = " | ".join(f"{n[t]:.3g}" if math.isfinite(n[t]) else "overflow" for t in cps)
-            print(f"| {kind} | {scale} | {cells} | {rate:.3g} | {overflow or '-'} |", flush=True)
+            for path in args.paths:
+                n, overflow = state_norms(kind, scale, args.steps, args.batch, args.size, path=path)
+                finite = [t for t in cps if math.isfinite(n[t])]
+                rate = (n[finite[-1]] - n[finite[0]]) / (finite[-1] - finite[0]) if len(finite) > 1 else float("nan")
+                cells = " | ".join(f"{n[t]:.3g}" if math.isfinite(n[t]) else "overflow" for t in cps)
+                print(f"| {kind} | {path} | {scale} | {cells} | {rate:.3g} | {overflow or '-'} |", flush=True)
 
     if args.skip_speed:
         return
@@ -118,10 +134,11 @@ def main() -> None:
         if name in memory.names():
             models[name] = memory.make(name, D, D)
     for kind in args.kinds:
-        m = memory.make("mru", D, D, kind=kind)
-        with torch.no_grad():
-            m.proj.weight.normal_(0.0, 0.1 / math.sqrt(D))
-        models[f"mru[{kind}]"] = m
+        for path in args.paths:
+            m = memory.make("mru", D, D, kind=kind, **PATHS[path])
+            with torch.no_grad():
+                m.proj.weight.normal_(0.0, 0.1 / math.sqrt(D))
+            models[f"mru[{kind}, {path}]"] = m
     best = bench_step(models, T, B, D, args.repeats)
     base = best.get("lstm")
     print(f"\n## Training step: forward + backward, T={T}, B={B}, input = hidden = {D}, best of {args.repeats}, 1 thread\n")

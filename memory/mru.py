@@ -7,11 +7,26 @@ state matrix M_t = build_state_matrix(A_t, kind) is built from A_t, a linear fun
     y_t = Linear(flatten(H_t W_down)) (+ Linear(x_t) when skip=True),  W_down [heads, o, c]
 
 Resets restart H from the identity (the empty product). The products run in float32 whatever
-the model's dtype (float64 stays float64, for the contract tests), through memory.ops.matrix_scan.
+the model's dtype (float64 stays float64, for the contract tests).
 
 Unbounded growth of H is this model's known failure (products of T matrices whose determinant or
-norm is not held near 1); ``diagnostics()["state_log_norm"]`` reports the mean log Frobenius norm
-of the states of the last forward so training can log it and catch it early.
+norm is not held near 1: float32 overflows after a few hundred steps of a growing product). So by
+default (``stable=True``) each head's state is carried as a log-scale and a unit-norm matrix,
+H_t = exp(s_t) U_t with ||U_t||_F = 1 (memory.ops.stable_matrix_scan; docs/design.md section 4,
+"The stable evaluation"):
+the same products, finite whatever their norm. The readout is linear in H_t, so the scale reaches
+the output unless the readout drops it:
+
+- ``readout="norm"`` (default): y from sqrt(o) U_t = H_t / (||H_t||_F / sqrt(o)), each head's state
+  rescaled to the identity's norm (scale-invariant, as xLSTM normalizes its heads; at init, H = I,
+  it equals the exact readout). Finite on any episode length; the scale s_t is not seen.
+- ``readout="exact"``: y from exp(s_t) U_t = H_t, the unnormalized model, finite where H_t fits in
+  float32 (exp(s_t) < 3.4e38); its outputs overflow where the plain products would.
+- ``stable=False``: the plain products through memory.ops.matrix_scan (exact readout only), as
+  before; kept to compare against.
+
+``diagnostics()["state_log_norm"]`` reports the mean log Frobenius norm of H_t over the last
+forward's (step, env, head), read from s_t on the stable path, so training can log growth early.
 """
 
 from __future__ import annotations
@@ -22,12 +37,15 @@ import torch
 from torch import Tensor, nn
 
 from memory.base import Memory, State, check_inputs
-from memory.ops import matrix_scan
+from memory.ops import matrix_scan, stable_matrix_scan
+from memory.ops.stable_scan import identity_state
 from memory.registry import register
 
 # The parameterizations of the state matrix, in the order docs/design.md section 4 lists them.
 KINDS: tuple[str, ...] = ("plain", "cayley", "expm", "ldu", "qr-cayley", "qr-expm", "det-norm")
 DEFAULT_KIND = "ldu"
+READOUTS: tuple[str, ...] = ("norm", "exact")
+DEFAULT_READOUT = "norm"
 
 # det-norm divides by r = |det M|^(1/o). r -> 0 near a singular matrix would blow the result (and
 # the slogdet gradient, A^{-T}) up, so r is clamped from below at this value: a matrix whose
@@ -159,10 +177,18 @@ class MRU(Memory):
         order: int = 8,
         down_cols: int = 8,
         skip: bool = True,
+        stable: bool = True,
+        readout: str = DEFAULT_READOUT,
     ):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown MRU kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        if readout not in READOUTS:
+            raise ValueError(f"unknown MRU readout {readout!r}; choose one of: {', '.join(READOUTS)}")
+        if readout == "norm" and not stable:
+            raise ValueError("mru: readout=norm needs stable=true (the plain products overflow before "
+                             "they can be normalized); choose readout=exact with stable=false")
+        self.stable, self.readout_mode = bool(stable), readout
         for name, v in (("num_heads", num_heads), ("order", order), ("down_cols", down_cols)):
             if v < 1:
                 raise ValueError(f"mru option {name} must be >= 1, got {v}")
@@ -184,7 +210,11 @@ class MRU(Memory):
         self._last_log_norm: Tensor | None = None
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """The identity: (H,) with H [B, heads, o, o] on the plain path; (U, s) with U = I / sqrt(o)
+        [B, heads, o, o] and s = log sqrt(o) [B, heads] on the stable path."""
         dtype = compute_dtype(self.proj.weight.dtype)
+        if self.stable:
+            return identity_state((batch_size, self.num_heads), self.order, dtype, device)
         eye = torch.eye(self.order, dtype=dtype, device=device)
         return (eye.expand(batch_size, self.num_heads, self.order, self.order).clone(),)
 
@@ -194,32 +224,65 @@ class MRU(Memory):
         a = self.proj(x).view(T, B, self.num_heads, self.order, self.order)
         return build_state_matrix(a, self.kind)
 
+    def scaled_states(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, Tensor]:
+        """The stable path's (U_t, s_t) for every step, H_t = exp(s_t) U_t: U [T, B, heads, o, o],
+        s [T, B, heads], in the compute dtype."""
+        if not self.stable:
+            raise ValueError("mru: scaled_states needs stable=true")
+        m = self.state_matrices(x)  # [T, B, h, o, o]
+        u0, s0 = state
+        return stable_matrix_scan(m, reset, (u0.to(m.dtype), s0.to(m.dtype)))
+
     def states(self, x: Tensor, state: State, reset: Tensor) -> Tensor:
-        """H_t for every step: [T, B, heads, o, o] in the compute dtype."""
+        """H_t for every step: [T, B, heads, o, o] in the compute dtype (on the stable path
+        exp(s_t) U_t, which is inf where H_t leaves the dtype's range)."""
+        if self.stable:
+            u, s = self.scaled_states(x, state, reset)
+            return u * s.exp()[..., None, None]
         m = self.state_matrices(x)  # [T, B, h, o, o]
         (h0,) = state
         return matrix_scan(m, reset, h0.to(m.dtype))
 
+    def _check_state(self, state: State) -> None:
+        h, o = self.num_heads, self.order
+        if self.stable:
+            ok = len(state) == 2 and state[0].shape[1:] == (h, o, o) and state[1].shape[1:] == (h,) \
+                and state[0].shape[0] == state[1].shape[0]
+            want = f"(U, s) with U [B, {h}, {o}, {o}] and s [B, {h}]"
+        else:
+            ok = len(state) == 1 and state[0].shape[1:] == (h, o, o)
+            want = f"(H,) with H [B, {h}, {o}, {o}]"
+        if not ok:
+            raise ValueError(f"MRU: state must be {want}, got {[list(s.shape) for s in state]}")
+
     def forward(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
         check_inputs(self, x, reset)
-        if len(state) != 1 or state[0].shape[1:] != (self.num_heads, self.order, self.order):
-            raise ValueError(
-                f"MRU: state must be (H,) with H [B, {self.num_heads}, {self.order}, {self.order}], "
-                f"got {[list(s.shape) for s in state]}"
-            )
+        self._check_state(state)
         T, B, _ = x.shape
         # Under mixed precision (torch.autocast) the products of many matrices would otherwise run
         # in half precision (fp16 overflows at 65504); the state stays float32 end to end.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            hs = self.states(x, state, reset)  # [T, B, h, o, o]
-            feats = hs @ self.down.to(hs.dtype)  # [T, B, h, o, c]
-        with torch.no_grad():
-            # Mean over (t, b, head) of log ||H_t||_F: kept as a tensor (no device sync here).
-            self._last_log_norm = log_frobenius_norm(hs).mean()
+            if self.stable:
+                u, s = self.scaled_states(x, state, reset)  # [T, B, h, o, o], [T, B, h]
+                feats = u @ self.down.to(u.dtype)  # [T, B, h, o, c]
+                if self.readout_mode == "exact":
+                    feats = feats * s.exp()[..., None, None]  # = H_t W_down
+                else:
+                    feats = feats * math.sqrt(self.order)  # H_t W_down / (||H_t||_F / sqrt(o))
+                new_state: State = (u[-1], s[-1])
+                log_norm = s.detach().mean()
+            else:
+                hs = self.states(x, state, reset)  # [T, B, h, o, o]
+                feats = hs @ self.down.to(hs.dtype)
+                new_state = (hs[-1],)
+                with torch.no_grad():
+                    log_norm = log_frobenius_norm(hs).mean()
+        # Mean over (t, b, head) of log ||H_t||_F: kept as a tensor (no device sync here).
+        self._last_log_norm = log_norm
         y = self.readout(feats.reshape(T, B, -1).to(self.readout.weight.dtype))  # [T, B, hidden]
         if self.skip is not None:
             y = y + self.skip(x)
-        return y, (hs[-1],)
+        return y, new_state
 
     def diagnostics(self) -> dict[str, float]:
         if self._last_log_norm is None:
@@ -227,10 +290,12 @@ class MRU(Memory):
         return {"state_log_norm": float(self._last_log_norm)}
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, heads={self.num_heads}, order={self.order}, down_cols={self.down_cols}"
+        return (f"kind={self.kind!r}, heads={self.num_heads}, order={self.order}, down_cols={self.down_cols}, "
+                f"stable={self.stable}, readout={self.readout_mode!r}")
 
 
-@register("mru", test_variants=[{"kind": k} for k in KINDS if k != DEFAULT_KIND])
+@register("mru", test_variants=[{"kind": k} for k in KINDS if k != DEFAULT_KIND]
+          + [{"readout": "exact"}, {"stable": False, "readout": "exact"}])
 def make_mru(
     input_size: int,
     hidden_size: int,
@@ -239,10 +304,15 @@ def make_mru(
     order: int = 8,
     down_cols: int = 8,
     skip: bool = True,
+    stable: bool = True,
+    readout: str = DEFAULT_READOUT,
 ) -> Memory:
     """Matrix recurrent unit: per head an order x order state H_t = H_{t-1} M(A_t).
 
     kind: state-matrix parameterization, one of plain, cayley, expm, ldu, qr-cayley, qr-expm,
     det-norm. num_heads: heads. order: matrix order o of each head's state. down_cols: columns c of
-    the per-head readout W_down [o, c]. skip: add Linear(x_t) to the output."""
-    return MRU(input_size, hidden_size, kind, num_heads, order, down_cols, skip)
+    the per-head readout W_down [o, c]. skip: add Linear(x_t) to the output. stable: carry each
+    state as a log-scale and a unit-norm matrix (finite on any episode length; the same products).
+    readout: norm (each head's state rescaled to the identity's norm before the readout) or exact
+    (the unnormalized state; overflows where the products do)."""
+    return MRU(input_size, hidden_size, kind, num_heads, order, down_cols, skip, stable, readout)

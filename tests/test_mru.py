@@ -188,6 +188,7 @@ def test_unknown_kind_and_bad_shape_raise():
 def test_options_reachable_from_command_line():
     opts = memory.parse_options("mru", ["kind=qr-expm", "num_heads=2", "order=16", "down_cols=4", "skip=false"])
     assert opts == {"kind": "qr-expm", "num_heads": 2, "order": 16, "down_cols": 4, "skip": False}
+    assert memory.parse_options("mru", ["stable=false", "readout=exact"]) == {"stable": False, "readout": "exact"}
     m = memory.make("mru", 5, 12, **opts)
     assert m.kind == "qr-expm" and m.initial_state(3)[0].shape == (3, 2, 16, 16)
     assert memory.options("mru")["kind"].default == DEFAULT_KIND == "ldu"
@@ -207,6 +208,15 @@ def _model(kind, seed=0, perturb=0.3, **opts):
     return m
 
 
+def _to_h(state):
+    """The state matrix H [B, heads, o, o] of either layout: (H,) plain, (U, s) stable."""
+    return state[0] if len(state) == 1 else state[0] * state[1].exp()[..., None, None]
+
+
+# (stable, readout): the default, the stable path with the exact readout, the plain products.
+MODES = [(True, "norm"), (True, "exact"), (False, "exact")]
+
+
 def _inputs(T, seed=1, reset_p=0.2):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, B, IN, generator=g, dtype=torch.float64)  # [T, B, IN]
@@ -214,16 +224,18 @@ def _inputs(T, seed=1, reset_p=0.2):
     return x, reset
 
 
+@pytest.mark.parametrize("stable, readout", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_scan_with_resets_against_loop_and_readout(kind):
+def test_scan_with_resets_against_loop_and_readout(kind, stable, readout):
     """The layer's states and outputs against a plain loop H = (I if reset else H) @ M_t and the
-    readout written out by hand."""
-    m = _model(kind)
+    readout written out by hand (norm: H rescaled to the identity's norm, H sqrt(o) / ||H||_F)."""
+    m = _model(kind, stable=stable, readout=readout)
     x, reset = _inputs(17)
     reset[0] = torch.tensor([False, True, False])
     _, s_warm = m(x[:4], m.initial_state(B), reset[:4])  # a non-identity carried state
-    h0 = s_warm[0]  # [B, heads, o, o]
-    y, (h_last,) = m(x, s_warm, reset)
+    h0 = _to_h(s_warm)  # [B, heads, o, o]
+    y, s_last = m(x, s_warm, reset)
+    h_last = _to_h(s_last)
 
     a = (x @ m.proj.weight.T).view(17, B, 2, 3, 3)  # [T, B, heads, o, o]
     ms = build_state_matrix(a, kind)
@@ -236,7 +248,8 @@ def test_scan_with_resets_against_loop_and_readout(kind):
             if reset[t, b]:
                 hb = eye.expand(2, 3, 3)
             hb = hb @ ms[t, b]
-            feats = torch.stack([hb[k] @ m.down[k] for k in range(2)]).flatten()  # [heads*o*c]
+            hr = hb if readout == "exact" else hb * math.sqrt(3) / torch.linalg.matrix_norm(hb)[:, None, None]
+            feats = torch.stack([hr[k] @ m.down[k] for k in range(2)]).flatten()  # [heads*o*c]
             yb.append(m.readout(feats) + m.skip(x[t, b]))
         ys.append(torch.stack(yb))
         torch.testing.assert_close(h_last[b], hb, atol=1e-10, rtol=1e-10)
@@ -254,16 +267,17 @@ def test_output_depends_on_the_past(kind):
     assert not torch.allclose(y1[-1], y2[-1])
 
 
+@pytest.mark.parametrize("stable, readout", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_default_init_states_are_identity_and_gradients_reach_projection(kind):
+def test_default_init_states_are_identity_and_gradients_reach_projection(kind, stable, readout):
     """Zero-initialized projection: M = I, so H = I at every step. The output still varies with the
     input (the skip) and the loss gradient reaches the projection (through dM/dA at A = 0)."""
     torch.manual_seed(0)
-    m = memory.make("mru", IN, HID, kind=kind, num_heads=2, order=3, down_cols=2)
+    m = memory.make("mru", IN, HID, kind=kind, num_heads=2, order=3, down_cols=2, stable=stable, readout=readout)
     x, reset = _inputs(8)
     x = x.float()
-    y, (h,) = m(x, m.initial_state(B), reset)
-    torch.testing.assert_close(h, torch.eye(3).expand(B, 2, 3, 3))
+    y, state = m(x, m.initial_state(B), reset)
+    torch.testing.assert_close(_to_h(state), torch.eye(3).expand(B, 2, 3, 3))
     assert y.std(dim=(0, 1)).min() > 0  # the output varies with the input from the first step
     # A loss that rewards remembering x[0] at the last step.
     (y[-1] * x[0, :, :1]).sum().backward()
@@ -290,8 +304,8 @@ def test_products_run_in_float32_for_low_precision_models():
     assert s0[0].dtype == torch.float32
     hs = m.states(x.to(torch.bfloat16), s0, reset)
     assert hs.dtype == torch.float32
-    y, (h,) = m(x.to(torch.bfloat16), s0, reset)
-    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    y, (u, s) = m(x.to(torch.bfloat16), s0, reset)
+    assert y.dtype == torch.bfloat16 and u.dtype == s.dtype == torch.float32
 
 
 def test_products_stay_float32_under_autocast():
@@ -302,14 +316,16 @@ def test_products_stay_float32_under_autocast():
     x, reset = _inputs(8)
     x = x.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, (h,) = m(x, m.initial_state(B), reset)
-    assert h.dtype == torch.float32
-    y32, (h32,) = m(x, m.initial_state(B), reset)
-    torch.testing.assert_close(h, h32)  # bf16 products would differ at ~1e-2
+        y, (u, s) = m(x, m.initial_state(B), reset)
+    assert u.dtype == s.dtype == torch.float32
+    y32, (u32, s32) = m(x, m.initial_state(B), reset)
+    torch.testing.assert_close(u, u32)  # bf16 products would differ at ~1e-2
+    torch.testing.assert_close(s, s32)
 
 
-def test_diagnostics_report_mean_log_state_norm():
-    m = _model("plain")
+@pytest.mark.parametrize("stable, readout", MODES)
+def test_diagnostics_report_mean_log_state_norm(stable, readout):
+    m = _model("plain", stable=stable, readout=readout)
     assert m.diagnostics() == {}
     x, reset = _inputs(9)
     s0 = m.initial_state(B)
@@ -334,16 +350,33 @@ def test_log_frobenius_norm_does_not_overflow_before_the_state():
     assert log_frobenius_norm(torch.zeros(2, 2)).item() == float("-inf")
 
 
-def test_diagnostics_finite_for_a_large_but_finite_state():
-    m = memory.make("mru", IN, HID, num_heads=2, order=3, down_cols=2)
+@pytest.mark.parametrize("stable", [True, False])
+def test_diagnostics_finite_for_a_large_but_finite_state(stable):
+    m = memory.make("mru", IN, HID, num_heads=2, order=3, down_cols=2, stable=stable, readout="exact")
     x, reset = _inputs(2, reset_p=0.0)
-    big = (1e25 * torch.eye(3).expand(B, 2, 3, 3),)
+    if stable:
+        u, s = m.initial_state(B)
+        big = (u, s + math.log(1e25))
+    else:
+        big = (1e25 * torch.eye(3).expand(B, 2, 3, 3),)
     m(x.float(), big, reset)
     assert m.diagnostics()["state_log_norm"] == pytest.approx(math.log(1e25 * math.sqrt(3)), rel=1e-5)
 
 
 def test_bad_state_raises():
-    m = _model("ldu")
     x, reset = _inputs(4)
+    m = _model("ldu", stable=False, readout="exact")
     with pytest.raises(ValueError, match=r"state must be \(H,\) with H \[B, 2, 3, 3\]"):
         m(x, (torch.zeros(B, 2, 4, 4, dtype=torch.float64),), reset)
+    m = _model("ldu")
+    with pytest.raises(ValueError, match=r"state must be \(U, s\) with U \[B, 2, 3, 3\] and s \[B, 2\]"):
+        m(x, (torch.zeros(B, 2, 3, 3, dtype=torch.float64),), reset)
+    with pytest.raises(ValueError, match=r"state must be \(U, s\)"):
+        m(x, (torch.zeros(B, 2, 3, 3, dtype=torch.float64), torch.zeros(B, 3, dtype=torch.float64)), reset)
+
+
+def test_bad_readout_options_raise():
+    with pytest.raises(ValueError, match=r"unknown MRU readout 'scaled'; choose one of: norm, exact"):
+        memory.make("mru", IN, HID, readout="scaled")
+    with pytest.raises(ValueError, match=r"readout=norm needs stable=true"):
+        memory.make("mru", IN, HID, stable=False, readout="norm")

@@ -62,8 +62,7 @@ def check_linear_scan(gate: Tensor, x: Tensor, reset: Tensor, state0: Tensor | N
             )
 
 
-def check_matrix_scan(m: Tensor, reset: Tensor, state0: Tensor | None) -> None:
-    name = "matrix_scan"
+def check_matrix_scan(m: Tensor, reset: Tensor, state0: Tensor | None, name: str = "matrix_scan") -> None:
     check_float(name, "m", m)
     if m.dim() < 4 or m.shape[-1] != m.shape[-2]:
         raise ValueError(f"{name}: m must be [T, B, ..., o, o] with square o x o matrices, got {_shape(m)}")
@@ -79,6 +78,21 @@ def check_matrix_scan(m: Tensor, reset: Tensor, state0: Tensor | None) -> None:
                 f"{name}: state0 must match m's dtype/device ({m.dtype}, {m.device}), "
                 f"got ({state0.dtype}, {state0.device})"
             )
+
+
+def check_stable_matrix_scan(m: Tensor, reset: Tensor, state0) -> None:
+    name = "stable_matrix_scan"
+    check_matrix_scan(m, reset, None, name)
+    if state0 is None:
+        return
+    if not (isinstance(state0, tuple) and len(state0) == 2):
+        raise ValueError(f"{name}: state0 must be a pair (U0, s0) or None, got {type(state0).__name__}")
+    for what, t, shape in (("U0", state0[0], m.shape[1:]), ("s0", state0[1], m.shape[1:-2])):
+        check_float(name, what, t)
+        if t.shape != shape:
+            raise ValueError(f"{name}: {what} must be {list(shape)}, got {_shape(t)}")
+        if t.dtype != m.dtype or t.device != m.device:
+            raise ValueError(f"{name}: {what} must match m's dtype/device ({m.dtype}, {m.device}), got ({t.dtype}, {t.device})")
 
 
 def check_newton_schulz(x: Tensor, steps: int, eps: float) -> None:

@@ -7,6 +7,8 @@ O(T^2), because every x[t] backward builds a full-size zero gradient (docs/desig
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -137,3 +139,24 @@ def mlstm_ref(
         Cs.append(C)
         ms.append(m)
     return torch.stack(hs, 2), (C, n, m), torch.stack(Cs, 2), torch.stack(ms, 2)
+
+
+def stable_matrix_scan_ref(m: Tensor, reset: Tensor, state0: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """matrix_scan_ref carried as H[t] = exp(s[t]) U[t] with ||U[t]||_F = 1 (memory.ops.stable_scan):
+    P = U[t-1] @ m[t], U[t] = P / ||P||_F, s[t] = s[t-1] + log ||P||_F; the identity (a reset, or
+    state0 None) is (I / sqrt(o), log sqrt(o)). state0: (U0 [B, ..., o, o], s0 [B, ...]).
+    Returns U [T, B, ..., o, o] and s [T, B, ...]."""
+    o = m.shape[-1]
+    eye_u = (torch.eye(o, dtype=m.dtype, device=m.device) / o**0.5).expand(m.shape[1:])
+    eye_s = torch.full(m.shape[1:-2], 0.5 * math.log(o), dtype=m.dtype, device=m.device)
+    prev_u, prev_s = (eye_u, eye_s) if state0 is None else state0
+    us, ss = [], []
+    for m_t, r_t in zip(m.unbind(0), reset.unbind(0)):
+        prev_u = torch.where(_batch_mask(r_t, prev_u.dim()), eye_u, prev_u)
+        prev_s = torch.where(_batch_mask(r_t, prev_s.dim()), eye_s, prev_s)
+        p = prev_u @ m_t
+        n = torch.linalg.matrix_norm(p)
+        prev_u, prev_s = p / n[..., None, None], prev_s + n.log()
+        us.append(prev_u)
+        ss.append(prev_s)
+    return torch.stack(us), torch.stack(ss)
