@@ -30,6 +30,7 @@ import torch
 # Re-exported: train.Args and friends are the public names.
 from agents.build import make_agent, make_env, make_normalizer, make_optimizer, resolve_device, tune_malloc  # noqa: F401
 from agents.collectors import make_collector
+from agents.encoders import resolve_encoder
 from agents.rollout import normalizer_state
 from agents.config import Args, UsageError, given_fields, run_dir_name, validate
 from agents.presets import apply_preset
@@ -89,6 +90,8 @@ def run(args: Args, on_update: Callable[[int], bool] | None = None, given: set[s
     # 2. Envs, agent, optimizer and the rollout source (this process, or a worker with --async-rollouts).
     try:
         env = make_env(args, args.num_envs, device)
+        if res is None:  # what --obs-encoder means for this env, for config.json (auto: cnn for images)
+            args = dataclasses.replace(args, obs_encoder_resolved=resolve_encoder(env.single_observation_space, args.obs_encoder))
         agent = make_agent(args, env, checked.memory_options).to(device)
         make_normalizer(args, env, device)  # its checks here, before a rollout worker builds its own
     except ValueError as e:

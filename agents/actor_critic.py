@@ -49,7 +49,7 @@ class ActorCritic(nn.Module):
     def __init__(
         self, obs_space: spaces.Space, action_space: spaces.Space | int, memory: Memory, head_size: int = 0,
         branch_size: int = 0, relu_memory: bool = False, actor_init_gain: float = 0.01,
-        obs_encoder: str = "onehot",
+        obs_encoder: str = "auto",
     ):
         super().__init__()
         if head_size < 0:

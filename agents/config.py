@@ -38,8 +38,10 @@ class TaskArgs:
     """width of the observation embedding and of the memory output"""
     head_size: int = 0
     """width of a hidden layer (Linear+ReLU, shared by policy and value) after the memory; 0: linear heads as CleanRL"""
-    obs_encoder: Literal["onehot", "cells"] = "onehot"
-    """observation encoder: onehot (ids one-hot, Box flattened; any env) or cells (MiniGrid only: a shared embedding per view cell, flattened and averaged over the view; see agents/encoders.py)"""
+    obs_encoder: Literal["auto", "onehot", "cells", "cnn"] = "auto"
+    """observation encoder: auto (cnn for image observations, uint8 H x W x C; onehot otherwise), onehot (ids one-hot, Box flattened; any env), cells (MiniGrid symbolic only: a shared embedding per view cell, flattened and averaged over the view) or cnn (the Nature CNN from 36 px a side, a small CNN below); see agents/encoders.py"""
+    obs_encoder_resolved: Annotated[str | None, tyro.conf.Suppress] = None
+    """(recorded in config.json) what --obs-encoder meant for this env: cnn-nature, cnn-small, onehot or cells"""
     branch_size: int = 0
     """width of a separate hidden layer (Linear+ReLU) for the policy and one for the value, after the head; 0: none"""
     relu_memory: bool = False
@@ -66,6 +68,8 @@ class EnvArgs:
     """MiniGrid only: the agent's view (odd, >= 3; MiniGrid's own default is 7, memory benchmarks use 3)"""
     movement_only: bool = True
     """MiniGrid only: keep the 3 movement actions (left, right, forward), as memory benchmarks do"""
+    minigrid_obs: Literal["symbolic", "rgb"] = "symbolic"
+    """MiniGrid only: symbolic (the view's (object, colour, state) ids and the direction) or rgb (the view rendered, 8 px per tile: view_size*8 square, uint8; minigrid's RGBImgPartialObsWrapper)"""
     vocab_size: int = 8
     """NoisyRecall only: vocabulary size (keys, values and noise tokens); a quick setting by default, MAD's baseline is 32"""
     noise_vocab_size: int = 2

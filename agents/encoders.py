@@ -3,6 +3,13 @@
 Discrete and MultiDiscrete ids are one-hot encoded (an id is a name, not a magnitude); Box and
 MultiBinary are flattened (uint8 scaled to [0, 1]); Dict concatenates its entries in key order and
 Tuple in position order, each part encoded by these same rules, nested to any depth.
+
+Images (a uint8 Box H x W x C, C in 1, 3, 4: ``is_image``) go through a CNN with ``cnn`` or
+``auto`` (the default, which picks cnn for images and the rules above for everything else):
+``NatureCNN`` (Mnih et al. 2015, the encoder of CleanRL's Atari agents and of the Memory Gym
+baselines) for images of at least 36 px a side, ``SmallCNN`` below that (MiniGrid's 3x3 view at
+8 px per tile is 24 x 24). Observations stay uint8 channels-last until the encoder, which scales
+them once on the device (the rollout buffer stores the uint8 frames).
 """
 
 from __future__ import annotations
@@ -98,14 +105,93 @@ class GridCells(nn.Module):
         return torch.cat([emb.flatten(1), emb.mean(1), direction], dim=1)
 
 
-ENCODERS = ("onehot", "cells")
+def is_image(space: spaces.Space) -> bool:
+    """A uint8 Box of shape H x W x C with C in (1, 3, 4) and H, W >= 8: what ``auto`` sends to a CNN."""
+    return (isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+            and space.shape[-1] in (1, 3, 4) and min(space.shape[:2]) >= 8)
 
 
-def make_encoder(space: spaces.Space, kind: str = "onehot") -> nn.Module:
-    """An encoder module with a ``size`` attribute (its output width) for ``space``. ``kind``:
-    onehot (every space) or cells (MiniGrid's compact observation; see GridCells)."""
+def _channels_first(obs: Tensor) -> Tensor:
+    """[N, H, W, C] uint8 -> [N, C, H, W] float in [0, 1] (one scale, on obs's device)."""
+    return obs.permute(0, 3, 1, 2).float().mul_(1.0 / 255.0)
+
+
+class NatureCNN(nn.Module):
+    """Conv 32 8x8/4 -> 64 4x4/2 -> 64 3x3/1 (ReLU each) -> Linear 512 -> ReLU: the DQN encoder
+    (Mnih et al. 2015) of CleanRL's ppo_atari(_lstm) and the Memory Gym baselines, for H, W >= 36."""
+
+    MIN_SIZE = 36
+    size = 512
+
+    def __init__(self, space: spaces.Box):
+        super().__init__()
+        h, w, c = space.shape
+        if min(h, w) < self.MIN_SIZE:
+            raise ValueError(f"the Nature CNN needs images of at least {self.MIN_SIZE}x{self.MIN_SIZE}, got {h}x{w}")
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, c, h, w)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, self.size), nn.ReLU())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.fc(self.conv(_channels_first(obs)))
+
+
+class SmallCNN(nn.Module):
+    """For small images (under 36 px a side): Conv 32 3x3/1 -> 64 3x3/2 -> 64 3x3/2 (padding 1,
+    ReLU each) -> Linear 256 -> ReLU. A 24 x 24 MiniGrid view becomes 64 x 6 x 6."""
+
+    size = 256
+
+    def __init__(self, space: spaces.Box):
+        super().__init__()
+        h, w, c = space.shape
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, 32, 3, stride=1, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, c, h, w)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, self.size), nn.ReLU())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.fc(self.conv(_channels_first(obs)))
+
+
+ENCODERS = ("auto", "onehot", "cells", "cnn")
+
+
+def resolve_encoder(space: spaces.Space, kind: str = "auto") -> str:
+    """What ``kind`` means for ``space``: auto -> cnn-nature / cnn-small for an image, onehot
+    otherwise; cnn -> cnn-nature or cnn-small by the image's size; onehot, cells unchanged.
+    Recorded in config.json as obs_encoder_resolved."""
     if kind not in ENCODERS:
         raise ValueError(f"unknown obs encoder {kind!r}; choose one of: {', '.join(ENCODERS)}")
+    if kind == "cnn" and not is_image(space):
+        raise ValueError(f"obs encoder 'cnn' needs an image observation (uint8 Box H x W x C, C in 1, 3, 4, "
+                         f"H, W >= 8), got {' '.join(str(space).split())}; choose auto or onehot")
+    if kind in ("auto", "cnn") and is_image(space):
+        return "cnn-nature" if min(space.shape[:2]) >= NatureCNN.MIN_SIZE else "cnn-small"
+    return "onehot" if kind == "auto" else kind
+
+
+def make_encoder(space: spaces.Space, kind: str = "auto") -> nn.Module:
+    """An encoder module with a ``size`` attribute (its output width) for ``space``. ``kind``:
+    auto (cnn for images, onehot otherwise; the default), onehot (every space: ids one-hot, Box
+    flattened), cells (MiniGrid's compact observation; see GridCells) or cnn (images; NatureCNN
+    or SmallCNN by size)."""
+    kind = resolve_encoder(space, kind)
+    if kind == "cnn-nature":
+        return NatureCNN(space)
+    if kind == "cnn-small":
+        return SmallCNN(space)
     if kind == "cells":
         if not isinstance(space, spaces.MultiDiscrete):
             raise ValueError(f"obs encoder 'cells' needs MiniGrid's compact observation (MultiDiscrete), got {space}")

@@ -27,7 +27,7 @@ def parse_args(argv: list[str]) -> tuple[Args, set[str]]:
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 # Fields a preset may not set: what the run is (env, backbone), where it lives, how it resumes.
-_NOT_IN_PRESETS = {"env_id", "backbone", "preset", "preset_applied", "resume", "runs_dir", "run_name"}
+_NOT_IN_PRESETS = {"env_id", "backbone", "preset", "preset_applied", "obs_encoder_resolved", "resume", "runs_dir", "run_name"}
 
 
 def preset_names() -> list[str]:

@@ -54,15 +54,38 @@ class MovementActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         return action
 
 
-def make_minigrid(env_id: str, view_size: int | None, movement_only: bool, **kwargs) -> gym.Env:
+OBS_KINDS = ("symbolic", "rgb")
+TILE_SIZE = 8  # px per tile of the rgb view (minigrid's RGBImgPartialObsWrapper default)
+
+
+class RGBView(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """The agent's partial view rendered, ``tile_size`` px per tile: a (V * tile) x (V * tile) x 3
+    uint8 image with the agent at the bottom centre facing up, the direction and mission dropped
+    (what the public pixel baselines see). The frame is minigrid's own POV render,
+    ``get_frame(tile_size, agent_pov=True)``, as its RGBImgPartialObsWrapper + ImgObsWrapper give."""
+
+    def __init__(self, env: gym.Env, tile_size: int = TILE_SIZE):
+        gym.utils.RecordConstructorArgs.__init__(self, tile_size=tile_size)
+        gym.ObservationWrapper.__init__(self, env)
+        self.tile_size = tile_size
+        v = env.observation_space["image"].shape[0]
+        self.observation_space = spaces.Box(0, 255, (v * tile_size, v * tile_size, 3), np.uint8)
+
+    def observation(self, obs):
+        return self.unwrapped.get_frame(tile_size=self.tile_size, agent_pov=True)
+
+
+def make_minigrid(env_id: str, view_size: int | None, movement_only: bool, obs: str = "symbolic", **kwargs) -> gym.Env:
     import minigrid  # noqa: F401  (registers the MiniGrid ids)
 
+    if obs not in OBS_KINDS:
+        raise ValueError(f"unknown MiniGrid observation {obs!r}; choose one of: {', '.join(OBS_KINDS)}")
     if view_size is not None:
         if view_size < 3 or view_size % 2 == 0:
             raise ValueError(f"view size must be odd and >= 3 (MiniGrid's rule), got {view_size}")
         kwargs["agent_view_size"] = view_size
     env = gym.make(env_id, **kwargs)
-    env = CompactObservation(env)
+    env = CompactObservation(env) if obs == "symbolic" else RGBView(env)
     if movement_only:
         env = MovementActions(env)
     return env

@@ -134,13 +134,15 @@ def _check_obs(env_id: str, space: spaces.Space, where: str) -> None:
 # ----------------------------------------------------------------------------- built-in suites
 
 
-def _build_minigrid(env_id, num_envs, *, device, env_kwargs, autoreset_mode, view_size=None, movement_only=False):
+def _build_minigrid(env_id, num_envs, *, device, env_kwargs, autoreset_mode, view_size=None, movement_only=False,
+                    minigrid_obs="symbolic"):
     import minigrid  # noqa: F401  (registers the MiniGrid ids)
 
     bare = import_module_of(env_id, known_ids())  # a MiniGrid env registered by the user's package
     if bare not in gym.envs.registry:
         raise ValueError(f"unknown env id {env_id!r}; choose one of: {known_ids()}")
-    return sync_vector(env_id, lambda: make_minigrid(env_id, view_size, movement_only, **env_kwargs), num_envs, autoreset_mode)
+    return sync_vector(env_id, lambda: make_minigrid(env_id, view_size, movement_only, obs=minigrid_obs, **env_kwargs),
+                       num_envs, autoreset_mode)
 
 
 def _build_noisy_recall(env_id, num_envs, *, device, env_kwargs, autoreset_mode, **task):
@@ -168,7 +170,7 @@ register(Suite(
 ))
 register(Suite(
     "minigrid", "MiniGrid", lambda env_id: bare_id(env_id).startswith("MiniGrid-"), _build_minigrid,
-    ids=lambda: [*MEMORY_IDS, *PROBE_IDS], flags=("view_size", "movement_only"),
+    ids=lambda: [*MEMORY_IDS, *PROBE_IDS], flags=("view_size", "movement_only", "minigrid_obs"),
     # The goal is the only reward: any return > 0 is a success. 0.9 is the return a solved
     # MemoryS9 run holds (docs/design.md section 8).
     success=lambda ret: ret > 0, threshold=0.9, score_range=lambda config: (0.0, 1.0),

@@ -7,6 +7,7 @@ import torch
 # section 8), so tests run single-threaded.
 torch.set_num_threads(1)
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # Memory Gym's pygame: no sound card here
 
 
 def pytest_collection_modifyitems(config, items):

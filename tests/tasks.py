@@ -9,6 +9,7 @@ from gymnasium import spaces
 CUE_RECALL_ID = "memrl_test/CueRecall-v0"
 CUE_MATCH_ID = "memrl_test/CueMatch-v0"
 CUE_RECALL_BOX_ID = "memrl_test/CueRecallBox-v0"
+CUE_RECALL_PIXELS_ID = "memrl_test/CueRecallPixels-v0"
 
 
 class CueRecall(gym.Env):
@@ -92,6 +93,34 @@ class CueRecallBox(gym.Env):
         return query, 1.0 - abs(a - self.cue), True, False, {}
 
 
+class CueRecallPixels(CueRecall):
+    """CueRecall seen as 12 x 12 RGB frames (uint8): cue 0 is a red left half, cue 1 a green right
+    half, the blank steps are black and the query is a grey frame. The cue is visible at the first
+    step only, so without memory the best policy guesses (0.5)."""
+
+    SIZE = 12
+    observation_space = spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
+
+    def _frame(self, token: int) -> np.ndarray:
+        img = np.zeros((self.SIZE, self.SIZE, 3), np.uint8)
+        half = self.SIZE // 2
+        if token == 0:
+            img[:, :half, 0] = 255
+        elif token == 1:
+            img[:, half:, 1] = 255
+        elif token == 3:
+            img[:] = 128
+        return img
+
+    def reset(self, *, seed=None, options=None):
+        token, info = super().reset(seed=seed, options=options)
+        return self._frame(token), info
+
+    def step(self, action):
+        token, *rest = super().step(action)
+        return (self._frame(token), *rest)
+
+
 def register() -> None:
     if CUE_RECALL_ID not in gym.envs.registry:
         gym.register(CUE_RECALL_ID, entry_point=CueRecall)
@@ -99,6 +128,8 @@ def register() -> None:
         gym.register(CUE_MATCH_ID, entry_point=CueMatch)
     if CUE_RECALL_BOX_ID not in gym.envs.registry:
         gym.register(CUE_RECALL_BOX_ID, entry_point=CueRecallBox)
+    if CUE_RECALL_PIXELS_ID not in gym.envs.registry:
+        gym.register(CUE_RECALL_PIXELS_ID, entry_point=CueRecallPixels)
 
 
 # Importing the module registers the tasks, so "tests.tasks:memrl_test/CueRecall-v0" works anywhere

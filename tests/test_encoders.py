@@ -54,5 +54,5 @@ def test_grid_cells_refuses_other_spaces():
         GridCells(np.array([11, 6, 3, 11, 6, 3]))  # no direction
     with pytest.raises(ValueError, match="needs MiniGrid's compact observation"):
         make_encoder(spaces.Discrete(8), "cells")
-    with pytest.raises(ValueError, match="unknown obs encoder 'cnn'; choose one of: onehot, cells"):
-        make_encoder(spaces.Discrete(8), "cnn")
+    with pytest.raises(ValueError, match="unknown obs encoder 'resnet'; choose one of: auto, onehot, cells, cnn"):
+        make_encoder(spaces.Discrete(8), "resnet")

@@ -77,7 +77,7 @@ def test_preset_from_a_path(tmp_path):
         ("[lstm]\nbackbone = 'gru'\n", [], "sets 'backbone', which is not a train.py setting a preset may set"),
         ("[lstm]\nupdate_epochs = 'eight'\n", [], "sets update_epochs = 'eight'; it must be a int"),
         ("[lstm]\nupdate_epochs = true\n", [], "sets update_epochs = True; it must be a int"),
-        ("[lstm]\nobs_encoder = 'pixels'\n", [], "sets obs_encoder = 'pixels'; it must be one of 'onehot', 'cells'"),
+        ("[lstm]\nobs_encoder = 'pixels'\n", [], "sets obs_encoder = 'pixels'; it must be one of 'auto', 'onehot', 'cells', 'cnn'"),
         ("[lstm]\nlearning_rate = -1.0\n", [], r"p\.toml \[lstm\]: --learning-rate must be > 0 and finite"),
         ("[gru]\nhead_size = 8\n", [], r"has no table for backbone 'lstm'; it has: gru"),
         ("[lstm\n", [], "is not valid TOML"),
