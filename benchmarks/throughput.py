@@ -4,10 +4,15 @@
     python benchmarks/throughput.py --backbones lstm gru --updates 5 --threads 1
     python benchmarks/throughput.py --async-rollouts --contention     # also train.py --async-rollouts
     python benchmarks/throughput.py --backbones lstm --adam fused foreach   # the optimizer's share
+    python benchmarks/throughput.py --env-id MiniGrid-MemoryS9-v0 --minigrid-obs rgb --backbones lstm gru  # pixels
+    python benchmarks/throughput.py --env-id memory_gym:MysteryPath-Grid-v0 --backbones gru   # 84x84x3 (Memory Gym)
 
 Training env-steps/s = env steps / wall time of (rollout collection + PPO update), measured over
 --updates updates after one warm-up update. Raw = the same 16 envs (same wrappers) stepping with
-random actions. Also prints where the time goes (env, acting, update). --contention also measures
+random actions. Also prints where the time goes (env, acting, update) and, for each backbone, the
+observation encoder's share of the update (its forward + backward over every stored observation,
+once per epoch, timed alone) and the rollout's observation buffer (uint8 frames stay uint8).
+--contention also measures
 the raw env rate while a busy-looping process holds another core: on the project's 2-core
 machines it has ranged from 68% to 99% of the rate alone, depending on the host's load, and it
 caps what --async-rollouts (env stepping beside learning, in a second process) can gain.
@@ -96,7 +101,34 @@ def training_rate(args: Args, backbone: str, opts: dict, updates: int, fused: bo
         t_upd += t3 - t2
     env.close()
     steps = updates * args.num_steps * args.num_envs
-    return {"sps": steps / (t_roll + t_upd), "env": env_time[0], "act": t_roll - env_time[0], "update": t_upd}
+    enc_s = encoder_time(agent, ro.obs, args.update_epochs) * updates
+    obs_bytes = sum(t.numel() * t.element_size() for t in _leaves(ro.obs))
+    return {"sps": steps / (t_roll + t_upd), "env": env_time[0], "act": t_roll - env_time[0], "update": t_upd,
+            "encoder": enc_s, "obs_mb": obs_bytes / 2**20, "obs_f32_mb": sum(t.numel() * 4 for t in _leaves(ro.obs)) / 2**20}
+
+
+def _leaves(obs):
+    if isinstance(obs, dict):
+        return [t for v in obs.values() for t in _leaves(v)]
+    if isinstance(obs, tuple):
+        return [t for v in obs for t in _leaves(v)]
+    return [obs]
+
+
+def encoder_time(agent: ActorCritic, obs, epochs: int, repeats: int = 3) -> float:
+    """Seconds of the encoder's forward + backward over every observation of a rollout, ``epochs``
+    times (what one PPO update spends in it), best of ``repeats``."""
+    from agents.nested import tree_map
+
+    flat = tree_map(lambda t: t.reshape(-1, *t.shape[2:]), obs)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(epochs):
+            agent.encoder(flat).sum().backward()
+        best = min(best, time.perf_counter() - t)
+    agent.zero_grad(set_to_none=True)
+    return best
 
 
 def async_training_rate(args: Args, backbone: str, spec_opts: list[str], updates: int, fused: bool = True) -> dict[str, float]:
@@ -136,6 +168,7 @@ def async_training_rate(args: Args, backbone: str, spec_opts: list[str], updates
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--env-id", default="MiniGrid-MemoryS7-v0")
+    p.add_argument("--minigrid-obs", choices=["symbolic", "rgb"], default="symbolic")
     p.add_argument("--backbones", nargs="+", default=["mlp", "gru", "lstm", "mlstm", "mlstm-orth", "mru"])
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
@@ -148,7 +181,7 @@ def main() -> None:
     args_cli = p.parse_args()
     torch.set_num_threads(args_cli.threads)
     args = Args(env_id=args_cli.env_id, num_envs=16, num_steps=128, update_epochs=4, hidden_size=args_cli.hidden_size,
-                      bptt_len=args_cli.bptt_len)
+                bptt_len=args_cli.bptt_len, minigrid_obs=args_cli.minigrid_obs)
     print(f"{args.env_id}, {args.num_envs} envs x {args.num_steps} steps, {args.update_epochs} epochs x "
           f"{args.num_minibatches} minibatches, BPTT {args.bptt_len or args.num_steps}, hidden {args.hidden_size}, torch threads {args_cli.threads}")
     raw = raw_env_rate(args, 3.0)
@@ -157,8 +190,8 @@ def main() -> None:
         busy = contended_env_rate(args, 3.0)
         print(f"raw env while another process keeps a second core busy: {busy:,.0f} env-steps/s ({100 * busy / raw:.0f}%)")
     print()
-    print("| backbone | train env-steps/s | % of raw env | env s | acting s | update s |")
-    print("|---|---|---|---|---|---|")
+    print("| backbone | train env-steps/s | % of raw env | env s | acting s | update s | encoder s (share of update) | obs buffer MB (as float32) |")
+    print("|---|---|---|---|---|---|---|---|")
     runs = [(spec, adam) for spec in args_cli.backbones for adam in args_cli.adam]
 
     def label(spec: str, adam: str) -> str:
@@ -168,7 +201,9 @@ def main() -> None:
         name, _, rest = spec.partition(":")
         opts = memory.parse_options(name, [kv for kv in rest.split(",") if kv])
         r = training_rate(args, name, opts, args_cli.updates, adam == "fused")
-        print(f"| {label(spec, adam)} | {r['sps']:,.0f} | {100 * r['sps'] / raw:.0f}% | {r['env']:.2f} | {r['act']:.2f} | {r['update']:.2f} |", flush=True)
+        print(f"| {label(spec, adam)} | {r['sps']:,.0f} | {100 * r['sps'] / raw:.0f}% | {r['env']:.2f} | {r['act']:.2f} | "
+              f"{r['update']:.2f} | {r['encoder']:.2f} ({100 * r['encoder'] / r['update']:.0f}%) | "
+              f"{r['obs_mb']:.1f} ({r['obs_f32_mb']:.1f}) |", flush=True)
     if args_cli.async_rollouts:
         print("\nwith --async-rollouts (rollouts collected in a worker process during the update):\n")
         print("| backbone | train env-steps/s | % of raw env | update s | learner waiting for rollouts s |")
