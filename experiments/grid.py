@@ -198,7 +198,8 @@ def plan(args, remote_device: bool = False, suite=None) -> tuple[list[Run], int]
 
     from agents.config import UsageError as TrainUsageError
     from agents.build import make_env
-    from agents.config import validate
+    from agents.config import env_options, validate
+    from agents.encoders import resolve_encoder
 
     if args.total_timesteps < 1:
         raise UsageError(f"--total-timesteps must be >= 1, got {args.total_timesteps}")
@@ -216,7 +217,7 @@ def plan(args, remote_device: bool = False, suite=None) -> tuple[list[Run], int]
     runs_dir = Path(args.out) / "runs"
 
     runs: list[Run] = []
-    checked_envs: set[str] = set()
+    obs_spaces: dict[tuple, object] = {}  # (env id, env settings) -> its observation space
     checked_backbones: set[str] = set()
     for env_id in env_ids:
         from_suite = suite.train_argv(env_id) if suite is not None else []
@@ -237,9 +238,13 @@ def plan(args, remote_device: bool = False, suite=None) -> tuple[list[Run], int]
                 try:
                     local = dataclasses.replace(targs, device="cpu") if remote_device and targs.device == "cuda" else targs
                     validate(local)
-                    if env_id not in checked_envs:  # an unknown id or bad env flag fails here, once
-                        make_env(targs, 1, torch.device("cpu")).close()
-                        checked_envs.add(env_id)
+                    env_key = (env_id, repr(sorted(env_options(targs).items())), tuple(targs.env_kwargs))
+                    if env_key not in obs_spaces:  # an unknown id or bad env flag fails here, once
+                        env = make_env(targs, 1, torch.device("cpu"))
+                        obs_spaces[env_key] = env.single_observation_space
+                        env.close()
+                    # What --obs-encoder means for this env, as train.py records it in config.json.
+                    targs = dataclasses.replace(targs, obs_encoder_resolved=resolve_encoder(obs_spaces[env_key], targs.obs_encoder))
                     if bb.spec not in checked_backbones:
                         check_backbone_options(bb, targs.hidden_size)
                         checked_backbones.add(bb.spec)
@@ -260,6 +265,31 @@ def plan(args, remote_device: bool = False, suite=None) -> tuple[list[Run], int]
     return runs, threads
 
 
+def _as_now(config: dict) -> dict:
+    """A stored config.json in today's terms, so that a run made before a setting existed still
+    matches the grid that would make it today: a field added since takes its default (the run
+    behaved so), and the encoder is compared by what it resolved to (obs_encoder_resolved; before
+    it was recorded, obs_encoder itself: onehot or cells, which --obs-encoder auto resolves to
+    onehot for every non-image observation)."""
+    from agents.config import Args
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Args) if f.default is not dataclasses.MISSING}
+    out = dict(config)
+    for k, v in defaults.items():
+        if k not in out and k != "obs_encoder_resolved":
+            out[k] = json.loads(json.dumps(v))
+    if config.get("obs_encoder_resolved") is None:
+        kind = config.get("obs_encoder", "onehot")
+        # onehot and cells resolve to themselves; auto without a record (none is written before the
+        # env is made) resolves as today's auto does, so it is not compared.
+        out["obs_encoder_resolved"] = kind if kind in ("onehot", "cells") else _BEFORE_RESOLVED
+        out["obs_encoder"] = _BEFORE_RESOLVED  # compared through the resolved value only
+    return out
+
+
+_BEFORE_RESOLVED = object()
+
+
 def check_config(run: Run) -> None:
     """An existing run must be the experiment the grid asks for, or its numbers would mix in."""
     path = run.run_dir / "config.json"
@@ -267,7 +297,9 @@ def check_config(run: Run) -> None:
         have = json.loads(path.read_text())
     except (OSError, ValueError):
         raise UsageError(f"{run.run_dir} has no readable config.json; move it away or use another --out") from None
-    diff = [k for k in sorted(set(have) | set(run.config)) if k not in CONFIG_IGNORED and have.get(k) != run.config.get(k)]
+    have = _as_now(have)
+    diff = [k for k in sorted(set(have) | set(run.config)) if k not in CONFIG_IGNORED
+            and have.get(k) is not _BEFORE_RESOLVED and have.get(k) != run.config.get(k)]
     if diff:
         k = diff[0]
         raise UsageError(

@@ -263,6 +263,28 @@ def test_a_different_config_in_the_same_out_is_refused(grid, capsys):
     assert {p: p.stat().st_mtime_ns for p in grid.rglob("*")} == before
 
 
+def test_runs_made_before_a_setting_existed_still_match(grid, tmp_path, capsys):
+    """A config.json from before --minigrid-obs and obs_encoder_resolved existed (obs_encoder
+    'onehot', then the default) is the run today's --obs-encoder auto would make on this env; one
+    that used another encoder is not."""
+    out = tmp_path / "old"
+    shutil.copytree(grid, out)
+    cfg_path = next((out / "runs").glob("*__lstm__1")) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert (cfg["obs_encoder"], cfg["obs_encoder_resolved"]) == ("auto", "onehot")
+    for k in ("minigrid_obs", "obs_encoder_resolved"):
+        del cfg[k]
+    cfg["obs_encoder"] = "onehot"
+    cfg_path.write_text(json.dumps(cfg))
+    assert compare.main(grid_argv(out, ("1", "2"), "4", "--dry-run")) == 0
+    capsys.readouterr()
+    cfg["obs_encoder"] = "cells"
+    cfg_path.write_text(json.dumps(cfg))
+    assert compare.main(grid_argv(out, ("1", "2"), "4", "--dry-run")) == 2
+    err = capsys.readouterr().err
+    assert "obs_encoder_resolved='cells'" in err and "'onehot'" in err
+
+
 @pytest.fixture(scope="module")
 def resumed(grid, tmp_path_factory):
     """Seeds 1-3: lstm 1, 2 finished (copied); lstm 3 missing; mlp 1 stopped after 2 updates
