@@ -116,7 +116,28 @@ def _channels_first(obs: Tensor) -> Tensor:
     return obs.permute(0, 3, 1, 2).float().mul_(1.0 / 255.0)
 
 
-class NatureCNN(nn.Module):
+class _CNN(nn.Module):
+    """Convolutions (``_layers``, ReLU after each, for C input channels), flattened, then Linear to
+    ``size`` and a ReLU; images enter uint8 channels-last."""
+
+    size: int
+
+    def __init__(self, space: spaces.Box):
+        super().__init__()
+        h, w, c = space.shape
+        self.conv = nn.Sequential(*[m for layer in self._layers(c) for m in (layer, nn.ReLU())], nn.Flatten())
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, c, h, w)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, self.size), nn.ReLU())
+
+    def _layers(self, c: int) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.fc(self.conv(_channels_first(obs)))
+
+
+class NatureCNN(_CNN):
     """Conv 32 8x8/4 -> 64 4x4/2 -> 64 3x3/1 (ReLU each) -> Linear 512 -> ReLU: the DQN encoder
     (Mnih et al. 2015) of CleanRL's ppo_atari(_lstm) and the Memory Gym baselines, for H, W >= 36."""
 
@@ -124,45 +145,24 @@ class NatureCNN(nn.Module):
     size = 512
 
     def __init__(self, space: spaces.Box):
-        super().__init__()
-        h, w, c = space.shape
-        if min(h, w) < self.MIN_SIZE:
-            raise ValueError(f"the Nature CNN needs images of at least {self.MIN_SIZE}x{self.MIN_SIZE}, got {h}x{w}")
-        self.conv = nn.Sequential(
-            nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.conv(torch.zeros(1, c, h, w)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, self.size), nn.ReLU())
+        if min(space.shape[:2]) < self.MIN_SIZE:
+            raise ValueError(f"the Nature CNN needs images of at least {self.MIN_SIZE}x{self.MIN_SIZE}, "
+                             f"got {space.shape[0]}x{space.shape[1]}")
+        super().__init__(space)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.fc(self.conv(_channels_first(obs)))
+    def _layers(self, c: int) -> list[nn.Module]:
+        return [nn.Conv2d(c, 32, 8, stride=4), nn.Conv2d(32, 64, 4, stride=2), nn.Conv2d(64, 64, 3, stride=1)]
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(_CNN):
     """For small images (under 36 px a side): Conv 32 3x3/1 -> 64 3x3/2 -> 64 3x3/2 (padding 1,
     ReLU each) -> Linear 256 -> ReLU. A 24 x 24 MiniGrid view becomes 64 x 6 x 6."""
 
     size = 256
 
-    def __init__(self, space: spaces.Box):
-        super().__init__()
-        h, w, c = space.shape
-        self.conv = nn.Sequential(
-            nn.Conv2d(c, 32, 3, stride=1, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.conv(torch.zeros(1, c, h, w)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, self.size), nn.ReLU())
-
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.fc(self.conv(_channels_first(obs)))
+    def _layers(self, c: int) -> list[nn.Module]:
+        return [nn.Conv2d(c, 32, 3, stride=1, padding=1), nn.Conv2d(32, 64, 3, stride=2, padding=1),
+                nn.Conv2d(64, 64, 3, stride=2, padding=1)]
 
 
 ENCODERS = ("auto", "onehot", "cells", "cnn")
