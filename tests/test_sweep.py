@@ -132,7 +132,7 @@ def set_flag(argv: list[str], flag: str, *values: str) -> list[str]:
     ({"--space": ["update_epochs=int:1:10:4"]}, "HIGH - LOW a multiple of STEP"),
     ({"--space": ["update_epochs=uniform:1:4"]}, "takes an integer"),
     ({"--space": ["ent_coef=choice:0.01"]}, "two or more different values"),
-    ({"--space": ["obs_encoder=choice:onehot,pixels"]}, "'pixels' is not one of onehot, cells"),
+    ({"--space": ["obs_encoder=choice:onehot,pixels"]}, "'pixels' is not one of auto, onehot, cells, cnn"),
     ({"--space": ["gamma=uniform:0.5:1.5"]}, "--gamma must be in (0, 1]"),
     ({"--space": ["seed=int:1:5"]}, "does not search --seed (it sets it: use --seeds)"),
     ({"--space": ["learning_rate=uniform:1e-4:1e-3", "learning_rate=uniform:1e-4:1e-3"]}, "names a flag twice"),
