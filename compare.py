@@ -21,7 +21,10 @@ directory every node shares); a run whose node dies is retried and resumes from 
 
 Outputs in DIR: results.csv (one row per run), summary.md (per env x backbone: mean, IQM and a
 95% bootstrap CI over seeds, steps to a threshold), curves_<env>.png (mean and CI band per
-backbone) and curves_aggregate.png (normalized scores averaged over envs). Every number is read
+backbone) and curves_aggregate.png (normalized scores averaged over envs); with rliable installed
+(.[report]) summary.md also gets IQM and mean with stratified-bootstrap CIs over runs and envs,
+performance profiles and the probability of improvement over --reference, with their plots
+(rliable_*.png). Every number is read
 from the runs' TensorBoard events; child output goes to DIR/logs/<run>.log. The machinery lives in
 experiments/ (grid, executors, rundata, stats, report).
 """
@@ -82,12 +85,23 @@ class Args:
     """--suite with score mmer: the window of env steps whose mean episodic return MMER maximizes over (the paper's train batch; docs/design.md section 9)"""
     resamples: int = 10_000
     """bootstrap resamples for the summary's intervals (curves use min(this, 1000) per grid point)"""
+    reference: str | None = None
+    """the backbone that summary.md's probability of improvement compares every other one against (rliable section); default lstm when in the grid, else the first backbone"""
     executor: Literal["local", "ray"] = "local"
     """where runs train: local (processes on this machine) or ray (Ray tasks on a cluster; pip install -e ".[ray]")"""
     ray_address: str | None = None
     """--executor ray: the cluster to join (auto: the one this machine is part of; default: start a local Ray)"""
     gpus_per_run: float = 0.0
     """--executor ray with --device cuda in --train-args: GPUs (a fraction shares one) each run reserves"""
+
+
+def check_reference(reference: str | None, backbones: list[str]) -> None:
+    """--reference must name one of the grid's backbones (its label, or its name before ':')."""
+    if reference is None:
+        return
+    labels = list(dict.fromkeys(backbones))
+    if reference not in labels and reference not in {b.split(":", 1)[0] for b in labels}:
+        raise UsageError(f"--reference {reference!r} is not a backbone of this grid; choose one of: {', '.join(labels)}")
 
 
 def run_grid(args: Args) -> int:
@@ -98,6 +112,7 @@ def run_grid(args: Args) -> int:
         runs = discover(out)
         if not runs:
             raise UsageError(f"no runs under {out / 'runs'} to report on")
+        check_reference(args.reference, [r.backbone for r in runs])
         thresholds = parse_thresholds(args.threshold, sorted({r.env_id for r in runs}))
         suite = suite_files.load(args.suite) if args.suite is not None else suite_files.recorded(out)
         build_report(out, runs, thresholds, args, [canonical(b) for b in args.backbones], suite)
@@ -107,6 +122,7 @@ def run_grid(args: Args) -> int:
     if not (0 < args.final_frac <= 1) or args.smooth < 1 or not (0 < args.confidence < 1) or args.resamples < 1:
         raise UsageError("--final-frac must be in (0, 1], --smooth >= 1, --confidence in (0, 1), --resamples >= 1")
     check_executor(args)
+    check_reference(args.reference, [canonical(b) for b in args.backbones])
     suite = None
     if args.suite is not None:
         if args.env_ids:

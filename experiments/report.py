@@ -14,6 +14,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from experiments import rliable_report
+from experiments.colours import colours
 from experiments.grid import default_threshold, env_label
 from experiments.rundata import ACCURACY_TAG, EVAL_ACCURACY_TAG, EVAL_RETURN_TAG, RETURN_TAG, RunData
 from experiments.stats import bootstrap_ci, common_grid, curve_band, final_value, iqm, resample, steps_to_threshold
@@ -49,9 +51,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def save_png(fig, path: Path) -> None:
+def save_png(fig, path: Path, **savefig) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, **savefig)
     write_atomic(path, buf.getvalue())
 
 
@@ -143,12 +145,39 @@ def build_report(out: Path, runs: list[RunData], thresholds: dict[str, float | N
     w.writeheader()
     w.writerows(rows)
     write_atomic(out / "results.csv", buf.getvalue().encode())
-    write_atomic(out / "summary.md", summary_markdown(by_env, thresholds, args).encode())
+    text = summary_markdown(by_env, thresholds, args)
+    scores, what = rliable_scores(by_env, args, suite)
+    text += "\n".join(rliable_report.section(scores, list(by_env), what, out, args, getattr(args, "reference", None),
+                                             order))
+    write_atomic(out / "summary.md", text.encode())
     plot_curves(out, by_env, thresholds, args)
     if suite is not None:
         from experiments.suite_report import write_suite_report
 
         write_suite_report(out, suite, by_env, args, order)
+
+
+def rliable_scores(by_env: dict[str, list[RunData]], args: Settings, suite=None) -> tuple[rliable_report.Scores, str]:
+    """Per backbone, env and seed, each finished run's normalized score for the rliable section:
+    the suite's score (MMER for POPGym) when a suite is given, else the final score of the env's
+    metric; normalized by the env's score range, as the summary's aggregate is."""
+    scores: rliable_report.Scores = {}
+    what = f"the suite's {suite.score}" if suite is not None else "the final value of each env's score metric"
+    for env_id, runs in by_env.items():
+        tag = RETURN_TAG if suite is not None else score_tag(env_id, runs)
+        lo, hi = score_range(env_id, runs, tag)
+        for r in runs:
+            if r.status != "finished":
+                continue
+            if suite is not None:
+                from experiments.suite_report import run_score
+
+                v = run_score(r, suite.score, args)
+            else:
+                v = final_value(r.curves.get(tag), r.steps, args.final_frac)
+            if v is not None:
+                scores.setdefault(r.backbone, {}).setdefault(env_id, {})[r.seed] = (v - lo) / (hi - lo)
+    return scores, what
 
 
 def summary_markdown(by_env: dict[str, list[RunData]], thresholds: dict[str, float | None], args: Settings) -> str:
@@ -234,6 +263,7 @@ def plot_curves(out: Path, by_env: dict[str, list[RunData]], thresholds: dict[st
     import matplotlib.pyplot as plt
 
     n_res = min(args.resamples, 1000)
+    col = colours(r.backbone for runs in by_env.values() for r in runs)  # one colour per backbone in every plot
     agg: dict[str, list[tuple[np.ndarray, np.ndarray, int]]] = {}  # backbone -> (grid, normalized curve, seed)
     for env_id, runs in by_env.items():
         tag = score_tag(env_id, runs)
@@ -246,8 +276,8 @@ def plot_curves(out: Path, by_env: dict[str, list[RunData]], thresholds: dict[st
                 continue
             curves = np.stack([resample(*r.curves[tag], grid) for r in done])  # [seeds, G]
             mean, low, high = curve_band(curves, args.confidence, n_res)
-            ax.plot(grid, mean, label=f"{bb} (n={len(done)})")
-            ax.fill_between(grid, low, high, alpha=0.2)
+            ax.plot(grid, mean, label=f"{bb} (n={len(done)})", color=col[bb])
+            ax.fill_between(grid, low, high, alpha=0.2, color=col[bb])
             for r, c in zip(done, curves):
                 agg.setdefault(bb, []).append((grid, (c - lo) / (hi - lo), r.seed))
         thr = thresholds.get(env_id, default_threshold(env_id))
@@ -277,8 +307,8 @@ def plot_curves(out: Path, by_env: dict[str, list[RunData]], thresholds: dict[st
         if not per_seed:
             continue
         mean, low, high = curve_band(np.stack(per_seed), args.confidence, n_res)
-        ax.plot(grid, mean, label=f"{bb} (n={len(per_seed)})")
-        ax.fill_between(grid, low, high, alpha=0.2)
+        ax.plot(grid, mean, label=f"{bb} (n={len(per_seed)})", color=col[bb])
+        ax.fill_between(grid, low, high, alpha=0.2, color=col[bb])
     ax.set_xlabel("env steps")
     ax.set_ylabel("normalized score (0 chance, 1 perfect)")
     ax.set_title(f"Mean over {len(by_env)} env(s): mean and {args.confidence:.0%} CI over seeds")
